@@ -1,0 +1,3 @@
+"""nbdist-provisioner: one Jupyter kernel that is really N IPython kernels, one per rank."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""``nbdist install``: write a kernelspec that uses the multi-rank provisioner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from ..settings import BACKENDS, MAX_NPROC
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of ranks, got {text!r}") from None
+    if not 1 <= value <= MAX_NPROC:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_NPROC}, got {value}")
+    return value
+
+
+def kernel_spec(nproc: int | None, display_name: str | None, python: str,
+                config: dict[str, Any]) -> dict[str, Any]:
+    """The kernel.json for ``nproc`` ranks, from the packaged template."""
+    spec = json.loads(files("nbdist_provisioner").joinpath("kernelspec/kernel.json").read_text())
+    spec["argv"][0] = python
+    provisioner_config = dict(config)
+    if nproc is not None:
+        provisioner_config["nproc"] = nproc
+    else:
+        provisioner_config.pop("nproc", None)
+        spec["metadata"]["kernel_provisioner"]["config"].pop("nproc", None)
+    spec["metadata"]["kernel_provisioner"]["config"] = provisioner_config
+    ranks = f"{nproc} ranks" if nproc is not None else "N ranks"
+    spec["display_name"] = display_name or f"Python 3 (multi-rank, {ranks})"
+    return spec
+
+
+def install(args: argparse.Namespace) -> int:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    config: dict[str, Any] = {}
+    if args.backend:
+        config["backend"] = args.backend
+    if args.no_init_process_group:
+        config["init_process_group"] = False
+    spec = kernel_spec(args.nproc, args.display_name, args.python or sys.executable, config)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / args.name
+        src.mkdir()
+        (src / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        dest = KernelSpecManager().install_kernel_spec(
+            str(src), kernel_name=args.name, user=args.user, prefix=args.prefix)
+    print(f"Installed kernelspec {args.name!r} ({spec['display_name']}) in {dest}")
+    return 0
+
+
+def add_install_parser(sub: Any) -> None:
+    p = sub.add_parser("install", help="install a multi-rank kernelspec",
+                       description="Install a kernelspec whose kernel runs one IPython "
+                                   "kernel per torch.distributed rank.")
+    p.add_argument("--nproc", type=positive_int, default=None,
+                   help="number of ranks (default: NBDIST_NPROC or the provisioner's default)")
+    p.add_argument("--name", default="multi-rank", help="kernelspec name (default: multi-rank)")
+    p.add_argument("--display-name", default=None, help="name shown in the kernel picker")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="torch.distributed backend")
+    p.add_argument("--no-init-process-group", action="store_true",
+                   help="do not initialise torch.distributed on start (env vars only)")
+    p.add_argument("--python", default=None,
+                   help="interpreter that runs the kernel (default: this one)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_const", dest="prefix", const=sys.prefix,
+                       help=f"install into this Python's prefix ({sys.prefix})")
+    where.add_argument("--prefix", default=None, help="install under PREFIX/share/jupyter/kernels")
+    p.set_defaults(func=install)

@@ -1,0 +1,85 @@
+"""The frontend side: the five ports of the connection file, bound by the multiplexer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+log = logging.getLogger("nbdist.mux")
+
+#: Frontend messages larger than this (all frames) are dropped unread.
+MAX_MESSAGE_BYTES = 64 * 2**20
+
+#: (channel, idents, message dict) -> None
+RequestHandler = Callable[[str, list[bytes], dict[str, Any]], None]
+
+
+class FrontendChannels:
+    """Bound sockets plus the verified-message receive loops."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, conn: dict[str, Any], session: Session) -> None:
+        self.session = session
+        self.conn = conn
+        transport, ip = conn.get("transport", "tcp"), conn["ip"]
+        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
+                              ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB)):
+            sock = ctx.socket(kind)
+            sock.linger = 1000
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            sock.bind(f"{transport}://{ip}:{int(conn[f'{channel}_port'])}")
+            self.sockets[channel] = sock
+        self.dropped = 0
+        self._hb_ctx = zmq.Context()
+        hb = self._hb_ctx.socket(zmq.ROUTER)
+        hb.linger = 0
+        hb.bind(f"{transport}://{ip}:{int(conn['hb_port'])}")
+        self._hb = hb
+        self._hb_thread = threading.Thread(target=self._heartbeat, name="nbdist-hb", daemon=True)
+        self._hb_thread.start()
+
+    def _heartbeat(self) -> None:
+        try:
+            zmq.proxy(self._hb, self._hb)  # echo every ping back to its sender
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as err:
+            if err.errno != zmq.ETERM:
+                log.error("heartbeat stopped: %s", err)
+
+    async def serve(self, channel: str, handler: RequestHandler) -> None:
+        """Receive, verify and hand on requests; drop anything malformed or unsigned."""
+        sock = self.sockets[channel]
+        while True:
+            frames = await sock.recv_multipart(copy=True)
+            try:
+                idents, msg_list = self.session.feed_identities(frames, copy=True)
+                msg = self.session.deserialize(msg_list, content=True, copy=True)
+                msg_type = msg["header"]["msg_type"]
+                if not isinstance(msg_type, str) or not isinstance(msg["content"], dict):
+                    raise ValueError("message type or content has the wrong type")
+            except Exception as err:  # malformed / unsigned / replayed: drop, keep serving
+                self.dropped += 1
+                log.warning("dropped a bad message on %s: %s", channel, str(err)[:200])
+                continue
+            handler(channel, idents, msg)
+
+    async def serve_subscriptions(self) -> None:
+        """Greet every iopub subscriber (JEP 65) so clients know iopub is connected."""
+        sock = self.sockets["iopub"]
+        while True:
+            frame = await sock.recv()
+            if frame[:1] == b"\x01":
+                topic = frame[1:].decode("utf-8", "replace")
+                self.session.send(sock, "iopub_welcome", {"subscription": topic})
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=200)
+        # The heartbeat socket belongs to its daemon thread; it goes with the process.

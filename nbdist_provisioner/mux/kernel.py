@@ -1,0 +1,464 @@
+"""Multiplexer: the I/O shell that joins the frontend channels to the rank links.
+
+Decisions about output live in ``OutputMerger`` and about replies in
+``requests``; this class moves messages between sockets, keeps the execute
+queue (one cell at a time across all ranks, so ranks never drift apart), and
+owns the kernel's lifecycle (start, interrupt, rank death, shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+from collections import OrderedDict, deque
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+from ..launchers import get_launcher
+from ..ranks import RankSpecError, parse_rank_spec
+from ..settings import KernelSettings
+from .frontend import FrontendChannels
+from .kernel_info import kernel_info_content
+from .output import Out, OutputMerger
+from .rank_pool import RankPool, RankStartError
+from .requests import (
+    FrontendRequest,
+    RequestTable,
+    merge_comm_info,
+    merge_execute_reply,
+    split_rank_magic,
+)
+from .stdin_router import InputRouter, PendingInput
+
+log = logging.getLogger("nbdist.mux")
+
+#: Requests answered by the primary rank alone.
+PRIMARY_REQUESTS = ("complete_request", "inspect_request", "is_complete_request",
+                    "history_request")
+COMM_MESSAGES = ("comm_open", "comm_msg", "comm_close")
+#: Exit status of a multiplexer that ends because a rank died (the restarter restarts it).
+EXIT_RANK_DIED = 3
+PARENT_POLL_SECONDS = 0.5
+_HEADERS_KEPT = 1024
+
+
+class Multiplexer:
+    """One multi-rank kernel: frontend channels in front, a RankPool behind."""
+
+    def __init__(self, connection_file: str, settings: KernelSettings) -> None:
+        with open(connection_file) as fh:
+            conn = json.load(fh)
+        self.settings = settings
+        self.session = Session(key=conn["key"].encode(),
+                               signature_scheme=conn.get("signature_scheme", "hmac-sha256"),
+                               username="kernel")
+        self.ctx = zmq.asyncio.Context()
+        self.front = FrontendChannels(self.ctx, conn, self.session)
+        self.pool = RankPool(settings, get_launcher(settings.launcher), self.ctx,
+                             self._on_rank_message, self._on_rank_exit)
+        host = socket.gethostname()
+        n = settings.nproc
+        prefixes = {r: settings.stream_prefix.format(rank=r, local_rank=r, host=host,
+                                                     world_size=n) for r in range(n)}
+        self.prefixes = prefixes
+        self.merger = OutputMerger(prefixes, set(parse_rank_spec(settings.output_ranks, n)))
+        self.table = RequestTable()
+        self.inputs = InputRouter()
+        self.exec_queue: deque[FrontendRequest] = deque()
+        self.waiting: list[FrontendRequest] = []
+        self.active: FrontendRequest | None = None
+        self.execution_count = 0
+        self.ready = False
+        self.start_error: str | None = None
+        self.comm_owner: dict[str, tuple[int, ...]] = {}
+        self._headers: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._exec_counts: dict[str, int] = {}
+        self._pub: list[Out] = []
+        self._pub_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._notice_pending = True
+        self._done = asyncio.Event()
+        self.exit_status = 0
+        self.loop = asyncio.get_running_loop()
+
+    # -- lifecycle --------------------------------------------------------------
+    async def run(self) -> int:
+        self.loop.add_signal_handler(signal.SIGINT, self.interrupt)
+        self.loop.add_signal_handler(signal.SIGTERM, lambda: self._spawn(self.shutdown(None)))
+        tasks = [asyncio.ensure_future(self.front.serve(ch, self._on_frontend))
+                 for ch in ("shell", "control", "stdin")]
+        tasks.append(asyncio.ensure_future(self.front.serve_subscriptions()))
+        tasks.append(asyncio.ensure_future(self._watch_parent()))
+        tasks.append(asyncio.ensure_future(self._start_ranks()))
+        await self._done.wait()
+        for task in tasks:
+            task.cancel()
+        self.front.close()
+        self.ctx.destroy(linger=200)
+        return self.exit_status
+
+    async def _start_ranks(self) -> None:
+        try:
+            await self.pool.start()
+        except RankStartError as err:
+            self.start_error = f"{err}\nRestart the kernel to try again."
+            log.error("start failed: %s", err)
+            await self.pool.stop()
+        else:
+            self.ready = True
+            log.info("%d ranks ready", self.settings.nproc)
+        for req in self.waiting:
+            self._dispatch(req)
+        self.waiting.clear()
+        self._pump()
+
+    async def _watch_parent(self) -> None:
+        """Stop everything if the process that owns us (server, nbclient) is gone."""
+        parent = int(os.environ.get("JPY_PARENT_PID") or 0)
+        if not parent or os.getppid() != parent:
+            return
+        while os.getppid() == parent:
+            await asyncio.sleep(PARENT_POLL_SECONDS)
+        log.warning("parent process %d is gone; shutting down", parent)
+        await self.shutdown(None)
+
+    async def shutdown(self, req: FrontendRequest | None) -> None:
+        if req is not None:
+            self._publish_status("busy", req.header)
+        await self.pool.stop()
+        if req is not None:
+            restart = bool(req.content.get("restart", False))
+            self._reply(req, {"status": "ok", "restart": restart})
+            self._publish_status("idle", req.header)
+        self._done.set()
+
+    def interrupt(self) -> None:
+        """SIGINT (signal mode) or interrupt_request: every rank gets KeyboardInterrupt."""
+        self.pool.signal_all(signal.SIGINT)
+
+    def _spawn(self, coro: Any) -> None:
+        asyncio.ensure_future(coro)
+
+    # -- frontend -> ranks ------------------------------------------------------
+    def _on_frontend(self, channel: str, idents: list[bytes], msg: dict[str, Any]) -> None:
+        req = FrontendRequest(channel, idents, msg["header"], msg["content"], msg["metadata"])
+        self._remember(req)
+        t = req.msg_type
+        if t == "kernel_info_request":
+            self._publish_status("busy", req.header)
+            self._reply(req, kernel_info_content(self.settings.nproc, self._language_info()))
+            self._publish_status("idle", req.header)
+        elif t == "execute_request" and channel == "shell":
+            self.exec_queue.append(req)
+            self._pump()
+        elif t == "shutdown_request":
+            self._spawn(self.shutdown(req))
+        elif t == "interrupt_request":
+            self._publish_status("busy", req.header)
+            self.interrupt()
+            self._reply(req, {"status": "ok"})
+            self._publish_status("idle", req.header)
+        elif t in PRIMARY_REQUESTS:
+            req.targets = (self.settings.primary_rank,)
+            self._submit(req)
+        elif t == "comm_info_request":
+            req.targets = tuple(range(self.settings.nproc))
+            self._submit(req)
+        elif t in COMM_MESSAGES and channel == "shell":
+            comm_id = str(req.content.get("comm_id", ""))
+            if t == "comm_open":
+                self.comm_owner[comm_id] = tuple(range(self.settings.nproc))
+            req.targets = self.comm_owner.get(comm_id, tuple(range(self.settings.nproc)))
+            if t == "comm_close":
+                self.comm_owner.pop(comm_id, None)
+            self._submit(req)
+        elif t == "input_reply" and channel == "stdin":
+            self._on_input_reply(req)
+        else:
+            log.warning("ignored unsupported %s on %s", t, channel)
+
+    def _submit(self, req: FrontendRequest) -> None:
+        if self.ready or self.start_error:
+            self._dispatch(req)
+        else:
+            self.waiting.append(req)
+
+    def _dispatch(self, req: FrontendRequest) -> None:
+        self._publish_status("busy", req.header)
+        if self.start_error:
+            self._fail_now(req, "RankStartError", self.start_error)
+            return
+        if req.msg_type in COMM_MESSAGES:
+            for rank in req.targets:  # comm messages get no reply: only idle is awaited
+                req.replies[rank] = {}
+        self.merger.start(req.msg_id, req.targets)
+        channel = "control" if req.channel == "control" else "shell"
+        for rank in req.targets:
+            msg_id = self.pool.link(rank).send(channel, req.msg_type, req.content,
+                                               metadata=req.metadata)
+            self.table.add(req, rank, msg_id)
+
+    def _pump(self) -> None:
+        """Start the next queued cell once ranks are ready and no cell runs."""
+        while self.active is None and self.exec_queue and (self.ready or self.start_error):
+            req = self.exec_queue.popleft()
+            self._start_execute(req)
+
+    def _start_execute(self, req: FrontendRequest) -> None:
+        content = req.content
+        code = str(content.get("code", ""))
+        silent = bool(content.get("silent", False))
+        if content.get("store_history", not silent) and not silent:
+            self.execution_count += 1
+        self._exec_counts[req.msg_id] = self.execution_count
+        self._publish_status("busy", req.header)
+        if not silent:
+            self._publish("execute_input", {"code": code,
+                                            "execution_count": self.execution_count}, req.header)
+        if self.start_error:
+            self._fail_now(req, "RankStartError", self.start_error)
+            return
+        try:
+            ranks, code = split_rank_magic(code, self.settings.nproc)
+        except RankSpecError as err:
+            self._fail_now(req, "RankSpecError", str(err))
+            return
+        req.targets = ranks if ranks is not None else tuple(range(self.settings.nproc))
+        self._publish_notice_once(req)
+        self.active = req
+        self.merger.start(req.msg_id, req.targets)
+        rank_content = {**content, "code": code}
+        for rank in req.targets:
+            msg_id = self.pool.link(rank).send("shell", "execute_request", rank_content,
+                                               metadata=req.metadata)
+            self.table.add(req, rank, msg_id)
+
+    def _publish_notice_once(self, req: FrontendRequest) -> None:
+        """Tell the user once, in their first cell, that torch.distributed is not set up."""
+        if not self._notice_pending:
+            return
+        self._notice_pending = False
+        errors = {r: rep.get("error") for r, rep in self.pool.dist_reports.items()
+                  if rep.get("error")}
+        if not errors:
+            return
+        rank, error = min(errors.items())
+        where = "every rank" if len(errors) == self.settings.nproc else f"rank {rank}"
+        self._publish("stream", {"name": "stderr",
+                                 "text": f"[nbdist] torch.distributed is not set up on {where}: "
+                                         f"{error}\n"}, req.header)
+
+    def _fail_now(self, req: FrontendRequest, ename: str, evalue: str) -> None:
+        """Answer a request that never reached the ranks, as an error."""
+        error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
+        count = self._exec_counts.get(req.msg_id, self.execution_count)
+        if req.msg_type == "execute_request":
+            self._publish("error", error, req.header)
+            self._reply(req, {"status": "error", "execution_count": count, **error})
+        elif req.msg_type not in COMM_MESSAGES:
+            self._reply(req, {"status": "error", **error})
+        self._publish_status("idle", req.header)
+        if req.msg_type == "execute_request":
+            self._abort_queue()
+
+    # -- ranks -> frontend ------------------------------------------------------
+    def _on_rank_message(self, rank: int, channel: str, msg: dict[str, Any]) -> None:
+        parent_id = str((msg.get("parent_header") or {}).get("msg_id", ""))
+        t = msg["header"].get("msg_type")
+        if channel == "iopub":
+            self._on_rank_iopub(rank, t, msg["content"], parent_id)
+            return
+        entry = self.table.live(parent_id)
+        if entry is None:
+            log.debug("rank %d: %s for no live request", rank, t)
+            return
+        req, _ = entry
+        if channel == "stdin":
+            if t == "input_request":
+                shown = self.inputs.add(PendingInput(rank, msg, req.msg_id))
+                self._show_input(shown)
+            return
+        req.replies[rank] = msg["content"]
+        self._maybe_finish(req)
+
+    def _on_rank_iopub(self, rank: int, t: str, content: dict[str, Any], parent_id: str) -> None:
+        now = self.loop.time()
+        entry = self.table.live(parent_id)
+        if entry is not None:
+            req = entry[0]
+            if t == "status":
+                if content.get("execution_state") == "idle":
+                    req.idle.add(rank)
+                    self._emit(self.merger.rank_finished(req.msg_id, rank, now))
+                    self._maybe_finish(req)
+                return
+            key = req.msg_id
+        else:
+            if t in ("status", "execute_input"):
+                return
+            finished = self.table.finished_parent(parent_id)
+            key = finished[0] if finished else ""
+        if t == "execute_input":
+            return
+        if t == "comm_open":
+            self.comm_owner[str(content.get("comm_id", ""))] = (rank,)
+        elif t == "execute_result":
+            content = {**content, "execution_count": self._exec_counts.get(key, 0)}
+        self._emit(self.merger.feed(rank, t, content, key, now))
+
+    def _maybe_finish(self, req: FrontendRequest) -> None:
+        if req.complete():
+            self._finish(req)
+
+    def _finish(self, req: FrontendRequest) -> None:
+        self._emit(self.merger.finish(req.msg_id, self.loop.time()))
+        self._flush_pub()
+        t = req.msg_type
+        if t == "execute_request":
+            reply = merge_execute_reply(req, self._exec_counts.get(req.msg_id, 0))
+        elif t == "comm_info_request":
+            reply = merge_comm_info(req)
+        elif t in COMM_MESSAGES:
+            reply = None
+        else:
+            primary = req.targets[0]
+            reply = req.replies.get(primary) or {
+                "status": "error", "ename": "RankDied", "evalue": req.dead.get(primary, ""),
+                "traceback": []}
+        if reply is not None:
+            self._reply(req, reply)
+        self._publish_status("idle", req.header)
+        self.table.finish(req)
+        self._show_input(self.inputs.drop_request(req.msg_id))
+        if t == "execute_request" and req is self.active:
+            self.active = None
+            if (reply is not None and reply["status"] == "error"
+                    and req.content.get("stop_on_error", True)
+                    and not req.content.get("silent", False)):
+                self._abort_queue()
+            self._pump()
+
+    def _abort_queue(self) -> None:
+        """After an error, queued cells are aborted, as ipykernel does."""
+        while self.exec_queue:
+            req = self.exec_queue.popleft()
+            self._publish_status("busy", req.header)
+            self._reply(req, {"status": "aborted", "execution_count": self.execution_count})
+            self._publish_status("idle", req.header)
+
+    def _on_rank_exit(self, rank: int, description: str) -> None:
+        """A rank died: end every cell now with the reason, then exit so Jupyter restarts us."""
+        log.error("%s", description)
+        if not self.ready:
+            return  # start-up failures are reported by RankPool.start
+        for req in self.table.requests():
+            if req.complete():
+                continue
+            self._publish("error", {
+                "ename": "RankDied", "evalue": description.splitlines()[0],
+                "traceback": [f"RankDied: {description}",
+                              "The kernel restarts with all ranks; variables are lost."],
+            }, req.header)
+            for target in req.targets:
+                if not req.rank_done(target):
+                    req.dead[target] = description if target == rank else (
+                        f"stopped because rank {rank} died")
+            self._finish(req)
+        self._abort_queue()
+        self.exit_status = EXIT_RANK_DIED
+        self._spawn(self.shutdown(None))
+
+    # -- stdin ------------------------------------------------------------------
+    def _show_input(self, item: PendingInput | None) -> None:
+        if item is None:
+            return
+        header = self._headers.get(item.request_id)
+        entry = next((r for r in self.table.requests() if r.msg_id == item.request_id), None)
+        if header is None or entry is None:
+            return
+        content = dict(item.rank_msg["content"])
+        content["prompt"] = self.prefixes[item.rank] + str(content.get("prompt", ""))
+        self.session.send(self.front.sockets["stdin"], "input_request", content,
+                          parent=header, ident=entry.idents)
+
+    def _on_input_reply(self, req: FrontendRequest) -> None:
+        answered, nxt = self.inputs.answer()
+        if answered is None:
+            log.warning("input_reply with no prompt pending; dropped")
+            return
+        link = self.pool.ranks[answered.rank].link
+        if link is not None and self.pool.alive(answered.rank):
+            link.send_raw_reply("stdin", "input_reply", req.content,
+                                parent=answered.rank_msg["header"])
+        self._show_input(nxt)
+
+    # -- publishing -------------------------------------------------------------
+    def _remember(self, req: FrontendRequest) -> None:
+        self._headers[req.msg_id] = req.header
+        while len(self._headers) > _HEADERS_KEPT:
+            self._headers.popitem(last=False)
+
+    def _language_info(self) -> dict[str, Any] | None:
+        if not self.ready:
+            return None
+        link = self.pool.ranks[self.settings.primary_rank].link
+        return link.kernel_info.get("language_info") if link else None
+
+    def _reply(self, req: FrontendRequest, content: dict[str, Any]) -> None:
+        msg_type = req.msg_type.replace("_request", "_reply")
+        self.session.send(self.front.sockets[req.channel], msg_type, content,
+                          parent=req.header, ident=req.idents)
+
+    def _publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
+        self._flush_pub()
+        self.session.send(self.front.sockets["iopub"], msg_type, content, parent=parent)
+
+    def _publish_status(self, state: str, parent: dict[str, Any]) -> None:
+        self._publish("status", {"execution_state": state}, parent)
+
+    def _emit(self, outs: list[Out]) -> None:
+        """Queue outputs; ones queued in the same loop turn go out coalesced."""
+        if outs:
+            for out in outs:
+                last = self._pub[-1] if self._pub else None
+                if (last is not None and out.msg_type == "stream" and last.msg_type == "stream"
+                        and last.parent == out.parent
+                        and last.content["name"] == out.content["name"]):
+                    self._pub[-1] = Out(out.parent, "stream", {
+                        "name": out.content["name"],
+                        "text": last.content["text"] + out.content["text"]})
+                else:
+                    self._pub.append(out)
+            if not self._pub_scheduled:
+                self._pub_scheduled = True
+                self.loop.call_soon(self._flush_pub)
+        self._schedule_tick()
+
+    def _flush_pub(self) -> None:
+        self._pub_scheduled = False
+        pub, self._pub = self._pub, []
+        sock = self.front.sockets["iopub"]
+        for out in pub:
+            self.session.send(sock, out.msg_type, out.content,
+                              parent=self._headers.get(out.parent, {}))
+
+    def _schedule_tick(self) -> None:
+        deadline = self.merger.next_deadline()
+        if deadline is None or deadline >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._emit(self.merger.tick(self.loop.time()))

@@ -1,0 +1,34 @@
+"""The multiplexer's own kernel_info, answerable before any rank is up."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from .. import __version__
+
+PROTOCOL_VERSION = "5.3"
+
+DEFAULT_LANGUAGE_INFO: dict[str, Any] = {
+    "name": "python",
+    "version": platform.python_version(),
+    "mimetype": "text/x-python",
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "pygments_lexer": "ipython3",
+    "nbconvert_exporter": "python",
+    "file_extension": ".py",
+}
+
+
+def kernel_info_content(nproc: int, language_info: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "protocol_version": PROTOCOL_VERSION,
+        "implementation": "nbdist",
+        "implementation_version": __version__,
+        "language_info": language_info or DEFAULT_LANGUAGE_INFO,
+        "banner": f"nbdist multi-rank kernel: every cell runs on {nproc} ranks "
+                  "(%%rank 0 to pick ranks)",
+        "help_links": [],
+        "debugger": False,
+    }

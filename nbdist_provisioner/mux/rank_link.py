@@ -1,0 +1,111 @@
+"""RankLink: the multiplexer's client connection to one rank kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+log = logging.getLogger("nbdist.mux")
+
+#: (rank, channel, message dict) -> None; called for every verified message.
+MessageHandler = Callable[[int, str, dict[str, Any]], None]
+
+
+class RankLink:
+    """Shell/control/stdin DEALERs and an iopub SUB to one rank, signed with its own key.
+
+    ``ready`` resolves once the rank has answered a kernel_info_request and its
+    iopub is known to be connected, so no output of the first cell is lost to
+    the PUB/SUB join race.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, rank: int, info: dict[str, Any], key: bytes,
+                 on_message: MessageHandler) -> None:
+        self.rank = rank
+        self.info = info
+        self.session = Session(key=key, signature_scheme="hmac-sha256", username="nbdist")
+        self._on_message = on_message
+        ip, transport = info["ip"], info.get("transport", "tcp")
+
+        def url(port_name: str) -> str:
+            return f"{transport}://{ip}:{int(info[port_name])}"
+
+        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        for channel, kind in (("shell", zmq.DEALER), ("control", zmq.DEALER),
+                              ("stdin", zmq.DEALER), ("iopub", zmq.SUB)):
+            sock = ctx.socket(kind)
+            sock.linger = 0
+            if channel in ("shell", "stdin"):
+                # Same routing id on both: the kernel routes input_request by the shell id.
+                sock.identity = self.session.bsession
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(url(f"{channel}_port"))
+            self.sockets[channel] = sock
+        self._iopub_seen = asyncio.Event()
+        self._kernel_info: asyncio.Future[dict[str, Any]] | None = None
+        self._tasks = [asyncio.ensure_future(self._recv_loop(ch)) for ch in self.sockets]
+        self.kernel_info: dict[str, Any] = {}
+
+    async def wait_ready(self) -> None:
+        """Ask kernel_info until the rank answers and its iopub is seen (no sleeps)."""
+        while True:
+            self._kernel_info = asyncio.get_running_loop().create_future()
+            self.send("shell", "kernel_info_request", {})
+            reply = await self._kernel_info
+            self.kernel_info = reply["content"]
+            if self._iopub_seen.is_set():
+                return
+            try:
+                await asyncio.wait_for(self._iopub_seen.wait(), timeout=0.5)
+                return
+            except asyncio.TimeoutError:
+                continue  # ask again; each request makes the rank publish on iopub
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any],
+             metadata: dict[str, Any] | None = None, msg_id: str | None = None) -> str:
+        """Send a request to the rank; return its msg_id."""
+        msg = self.session.msg(msg_type, content, metadata=metadata)
+        if msg_id is not None:
+            msg["header"]["msg_id"] = msg_id
+            msg["msg_id"] = msg_id
+        self.session.send(self.sockets[channel], msg)
+        return str(msg["header"]["msg_id"])
+
+    def send_raw_reply(self, channel: str, msg_type: str, content: dict[str, Any],
+                       parent: dict[str, Any]) -> None:
+        """Answer a rank's request (input_reply) under the rank's own parent header."""
+        self.session.send(self.sockets[channel], msg_type, content, parent=parent)
+
+    async def _recv_loop(self, channel: str) -> None:
+        sock = self.sockets[channel]
+        while True:
+            frames = await sock.recv_multipart(copy=True)
+            try:
+                _, msg_list = self.session.feed_identities(frames, copy=True)
+                msg = self.session.deserialize(msg_list, content=True, copy=True)
+            except Exception as err:  # a bad frame from a rank: log it, keep serving
+                log.warning("rank %d sent an unreadable %s message: %s", self.rank, channel, err)
+                continue
+            msg_type = msg["header"].get("msg_type")
+            if channel == "iopub":
+                self._iopub_seen.set()
+                if msg_type == "iopub_welcome":
+                    continue
+            if msg_type == "kernel_info_reply" and self._kernel_info is not None:
+                if not self._kernel_info.done():
+                    self._kernel_info.set_result(msg)
+                continue
+            self._on_message(self.rank, channel, msg)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for sock in self.sockets.values():
+            sock.close(linger=0)
