@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
@@ -213,8 +213,12 @@ def _describe_error(reply: dict[str, Any]) -> str:
 class KernelSession:
     """One started kernel with a ready client; created by ``kernel_session``."""
 
-    def __init__(self, km: AsyncKernelManager) -> None:
+    def __init__(self, km: AsyncKernelManager, log_path: Path | None = None) -> None:
         self.km = km
+        #: The kernel's stdout+stderr go here: keeps the report readable and
+        #: lets a failure quote what the kernel said.
+        self.log_path = log_path
+        self._log: IO[bytes] | None = None
         self.kc: AsyncKernelClient | None = None
         #: start_kernel() call → first ``pass`` execute_reply, seconds.
         self.start_s: float = float("nan")
@@ -244,7 +248,11 @@ class KernelSession:
     async def start(self, env: dict[str, str], timeout: float) -> None:
         """Start, connect, wait for readiness and run a first ``pass``."""
         t0 = time.perf_counter()
-        await self.km.start_kernel(env=env, cwd=str(REPO_ROOT))
+        extra: dict[str, Any] = {}
+        if self.log_path is not None:
+            self._log = self.log_path.open("ab")
+            extra = {"stdout": self._log, "stderr": self._log}
+        await self.km.start_kernel(env=env, cwd=str(REPO_ROOT), **extra)
         self.remember_processes()
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -263,24 +271,52 @@ class KernelSession:
         try:
             if self.km.has_kernel:
                 await asyncio.wait_for(self.km.shutdown_kernel(now=False), 20)
-        except Exception:  # noqa: BLE001 - any failure falls back to force
+        except Exception:  # any failure falls back to force
             try:
                 if self.km.has_kernel:
                     await asyncio.wait_for(self.km.shutdown_kernel(now=True), 10)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         self.leaked = await asyncio.to_thread(procs.reap, self._tree)
+        if self._log is not None:
+            self._log.close()
+
+    def log_tail(self, lines: int = 4) -> str:
+        """Last lines of the kernel's output, for failure messages."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " / ".join(line.strip() for line in text[-lines:])
+
+
+class KernelStartFailed(RuntimeError):
+    """The kernel did not answer a first ``pass``; carries the kernel's last words."""
 
 
 @asynccontextmanager
 async def kernel_session(
-    specs: SpecDir, name: str, env: dict[str, str], start_timeout: float
+    specs: SpecDir, name: str, env: dict[str, str], start_timeout: float,
+    log_path: Path | None = None,
 ) -> AsyncIterator[KernelSession]:
-    """Start kernelspec ``name`` (timing the start) and always clean it up."""
+    """Start kernelspec ``name`` (timing the start) and always clean it up.
+
+    A failed start raises ``KernelStartFailed`` naming the cause and the tail
+    of the kernel's output (when ``log_path`` is given).
+    """
     km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=specs.manager)
-    session = KernelSession(km)
+    session = KernelSession(km, log_path)
     try:
-        await asyncio.wait_for(session.start(env, start_timeout), start_timeout)
+        try:
+            await asyncio.wait_for(session.start(env, start_timeout), start_timeout)
+        except Exception as exc:  # re-raised with context
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                cause = f"no first reply within {start_timeout:.0f} s"
+            else:
+                cause = f"{type(exc).__name__}: {exc}"
+            tail = session.log_tail()
+            if tail:
+                cause += f" — kernel output: {tail}"
+            raise KernelStartFailed(cause) from exc
         yield session
     finally:
         await session.close()

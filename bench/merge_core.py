@@ -21,3 +21,11 @@ def bench_merge_core() -> float | None:
     "failed: <exception>" and does not stop the run.
     """
     return None
+
+
+if __name__ == "__main__":
+    # Run in a child process by the harness: a clean process to measure in, and
+    # a hook that hangs can be killed (a thread could not).
+    import json
+
+    print(json.dumps({"lines_per_s": bench_merge_core()}))

@@ -10,6 +10,7 @@ hit an unrelated process.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import psutil
@@ -48,10 +49,8 @@ def reap(procs: list[psutil.Process], grace_s: float = 5.0) -> int:
     leaked = len(alive)
     for sig in ("terminate", "kill"):
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.Error):
                 getattr(proc, sig)()
-            except psutil.Error:
-                pass
         alive = _wait_gone(alive, 3.0)
         if not alive:
             break

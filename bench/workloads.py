@@ -57,6 +57,10 @@ class RssResult:
     peak: int
     received: int
     expected: int
+    #: RSS when a quarter, half, three quarters of the lines had arrived:
+    #: growth that keeps rising with volume is a leak or an unbounded
+    #: backlog; a plateau is a bounded buffer.
+    quartiles: tuple[int, ...] = ()
 
 
 class LatencyCollector:
@@ -129,20 +133,28 @@ async def mux_rss(
 ) -> RssResult:
     """RSS of ``pid`` before and after ``total_lines`` lines (split over ranks).
 
-    A warm-up cell (1000 lines per rank) runs first so that "before" already
-    includes one-time allocations of the output path; the peak is sampled
-    every 50 ms while the flood runs.
+    A warm-up cell (a tenth of the volume) runs first so that "before"
+    already includes the one-time allocations of the output path (buffers,
+    allocator arenas): what is left is growth *with output volume*, which is
+    what the goal forbids. The peak is sampled every 50 ms during the flood.
     """
-    await run_cell(kc, stream_code(1000), timeout=timeout)
+    per_rank = total_lines // ranks
+    await run_cell(kc, stream_code(per_rank // 10), timeout=timeout)
     before = procs.rss_bytes(pid)
     peak = before
-    per_rank = total_lines // ranks
+    expected = per_rank * ranks
     counter = LineCounter()
+    quartiles: list[int] = []
     cell = asyncio.create_task(
         run_cell(kc, stream_code(per_rank), timeout=timeout, on_stream=counter))
     while not cell.done():
-        peak = max(peak, procs.rss_bytes(pid))
+        rss = procs.rss_bytes(pid)
+        peak = max(peak, rss)
+        while len(quartiles) < 3 and counter.count >= expected * (len(quartiles) + 1) / 4:
+            quartiles.append(rss)
         await asyncio.wait({cell}, timeout=0.05)
     await cell
     after = procs.rss_bytes(pid)
-    return RssResult(before, after, max(peak, after), counter.finish(), per_rank * ranks)
+    quartiles += [after] * (3 - len(quartiles))  # crossed after the last sample
+    return RssResult(before, after, max(peak, after), counter.finish(), expected,
+                     tuple(quartiles))

@@ -1,0 +1,108 @@
+"""Drive a real kernel the way a frontend does, and record what it receives."""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+
+@dataclass
+class CellRun:
+    """Everything a frontend saw for one execute_request."""
+
+    msg_id: str
+    reply: dict[str, Any]
+    #: every iopub message parented to the request, in arrival order
+    iopub: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return [m for m in self.iopub if m["msg_type"] not in ("status", "execute_input")]
+
+    def stream_text(self, name: str = "stdout") -> str:
+        return "".join(m["content"]["text"] for m in self.iopub
+                       if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+    def of_type(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.iopub if m["msg_type"] == msg_type]
+
+    @property
+    def status(self) -> str:
+        return str(self.reply["content"]["status"])
+
+
+def collect_until_idle(kc: Any, msg_id: str, timeout: float = 120) -> list[dict[str, Any]]:
+    """iopub messages of ``msg_id`` up to and including its idle; others are kept aside."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no idle for {msg_id} within {timeout}s; saw {got}")
+        try:
+            msg = kc.get_iopub_msg(timeout=remaining)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        got.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return got
+
+
+def drain_iopub(kc: Any, quiet: float = 0.3) -> list[dict[str, Any]]:
+    """Everything on iopub until it has been quiet for ``quiet`` seconds."""
+    got = []
+    while True:
+        try:
+            got.append(kc.get_iopub_msg(timeout=quiet))
+        except queue.Empty:
+            return got
+
+
+def run_cell(kc: Any, code: str, timeout: float = 120, **kwargs: Any) -> CellRun:
+    msg_id = kc.execute(code, **kwargs)
+    iopub = collect_until_idle(kc, msg_id, timeout)
+    reply = kc.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=timeout)
+    return CellRun(msg_id, reply, iopub)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (what a kernel start created)."""
+    try:
+        proc = psutil.Process(pid)
+        return [pid] + [c.pid for c in proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    """Wait until none of ``pids`` runs; return the ones still alive (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _running(p)]
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -1,0 +1,148 @@
+"""The multi-rank kernel through jupyter_client, asserting what a frontend receives."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from kernel_harness import drain_iopub, run_cell, wait_gone
+
+
+def assert_frontend_order(run) -> None:
+    """busy first, idle last, exactly one each, everything parented to the request."""
+    states = [m["content"]["execution_state"] for m in run.iopub if m["msg_type"] == "status"]
+    assert states == ["busy", "idle"], states
+    assert run.iopub[0]["msg_type"] == "status"
+    assert run.iopub[-1]["msg_type"] == "status"
+    assert all(m["parent_header"]["msg_id"] == run.msg_id for m in run.iopub)
+    assert run.reply["parent_header"]["msg_id"] == run.msg_id
+    assert len(run.of_type("execute_input")) == 1
+
+
+def test_each_rank_sees_its_own_environment(start_kernel):
+    k = start_kernel("nbdist-test-4")
+    run = run_cell(k.kc, "import os\nprint(os.environ['RANK'], os.environ['WORLD_SIZE'], "
+                         "os.environ['LOCAL_RANK'], os.environ['LOCAL_WORLD_SIZE'], "
+                         "os.environ['GROUP_RANK'], os.environ['MASTER_ADDR'], "
+                         "os.environ['OMP_NUM_THREADS'], rank, world_size, local_rank)")
+    assert run.status == "ok"
+    assert_frontend_order(run)
+    lines = sorted(run.stream_text().splitlines())
+    assert lines == [f"[rank {r}] {r} 4 {r} 4 0 127.0.0.1 1 {r} 4 {r}" for r in range(4)]
+
+
+def test_all_reduce_across_four_ranks(start_kernel):
+    k = start_kernel("nbdist-test-4-torch")
+    run = run_cell(k.kc, "import torch\nt = torch.tensor([float(rank + 1)])\n"
+                         "dist.all_reduce(t)\nprint(dist.is_initialized(), "
+                         "dist.get_world_size(), dist.get_rank() == rank, t.item())")
+    assert run.status == "ok", run.reply
+    lines = sorted(run.stream_text().splitlines())
+    assert lines == [f"[rank {r}] True 4 True 10.0" for r in range(4)]
+    # The process group persists between cells, as state does.
+    run = run_cell(k.kc, "t.item() * 2")
+    results = run.of_type("execute_result")
+    assert len(results) == 1 and results[0]["content"]["data"]["text/plain"] == "20.0"
+    assert results[0]["content"]["metadata"]["nbdist"]["ranks"] == [0, 1, 2, 3]
+
+
+def test_one_reply_one_count_and_merged_errors(start_kernel):
+    k = start_kernel("nbdist-test-4")
+    first = run_cell(k.kc, "x = 1")
+    second = run_cell(k.kc, "x + 1")
+    assert first.reply["content"]["execution_count"] == 1
+    assert second.reply["content"]["execution_count"] == 2
+    assert second.of_type("execute_result")[0]["content"]["execution_count"] == 2
+    failed = run_cell(k.kc, "if rank in (1, 3):\n    raise ValueError(f'bad {rank}')")
+    assert_frontend_order(failed)
+    content = failed.reply["content"]
+    assert content["status"] == "error"
+    assert content["ename"] == "ValueError"
+    assert "ranks 1,3" in content["evalue"]
+    errors = failed.of_type("error")
+    assert sorted(e["content"]["metadata"]["nbdist"]["rank"] for e in errors) == [1, 3]
+    # nothing arrives for the request after its idle
+    late = [m for m in drain_iopub(k.kc)
+            if m["parent_header"].get("msg_id") == failed.msg_id]
+    assert late == []
+
+
+def test_queued_cells_after_an_error_are_aborted(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    ids = [k.kc.execute("raise RuntimeError('stop')"), k.kc.execute("print('never')")]
+    replies = {}
+    while len(replies) < 2:
+        msg = k.kc.get_shell_msg(timeout=60)
+        replies[msg["parent_header"]["msg_id"]] = msg["content"]["status"]
+    assert replies == {ids[0]: "error", ids[1]: "aborted"}
+
+
+def test_kernel_info_is_answered_by_the_multiplexer(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    msg_id = k.kc.kernel_info()
+    reply = k.kc.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["implementation"] == "nbdist"
+    assert reply["content"]["language_info"]["name"] == "python"
+
+
+def test_completion_and_inspection_come_from_the_primary_rank(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    run_cell(k.kc, "some_distinct_name = 3")
+    msg_id = k.kc.complete("some_disti", 10)
+    reply = k.kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert "some_distinct_name" in reply["content"]["matches"]
+    msg_id = k.kc.inspect("some_distinct_name", 5)
+    reply = k.kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["found"]
+    msg_id = k.kc.is_complete("for i in range(3):")
+    reply = k.kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "incomplete"
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
+def test_interrupt_reaches_every_rank(start_kernel, mode):
+    k = start_kernel("nbdist-test-4")
+    if mode == "message":
+        k.km.kernel_spec.interrupt_mode = "message"
+    msg_id = k.kc.execute("import time\nprint('start', flush=True)\n"
+                          "try:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n"
+                          "    print('interrupted', flush=True)\n    raise\n")
+    seen = ""
+    while seen.count("start") < 4:
+        msg = k.kc.get_iopub_msg(timeout=30)
+        if msg["msg_type"] == "stream":
+            seen += msg["content"]["text"]
+    k.km.interrupt_kernel()
+    reply = k.kc.get_shell_msg(timeout=30)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "ranks 0-3" in reply["content"]["evalue"]
+    # still usable afterwards
+    assert run_cell(k.kc, "print('alive')").stream_text().count("alive") == 4
+
+
+def test_restart_gives_fresh_ranks_and_leaves_nothing_behind(start_kernel):
+    k = start_kernel("nbdist-test-4")
+    run_cell(k.kc, "x = 42")
+    before = k.pids()
+    assert len(before) >= 5  # multiplexer + 4 ranks
+    k.km.restart_kernel(now=False)
+    k.kc.wait_for_ready(timeout=120)
+    assert wait_gone(before) == []
+    run = run_cell(k.kc, "print('x' in dir())")
+    assert run.stream_text().count("False") == 4
+
+
+def test_sigkill_of_the_multiplexer_takes_the_ranks_down(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    pids = k.pids()
+    ranks = [p for p in pids if p != k.mux_pid]
+    assert len(ranks) == 2
+    os.kill(k.mux_pid, signal.SIGKILL)
+    assert wait_gone(ranks, timeout=10) == []
