@@ -64,6 +64,7 @@ def echo_to_terminal(msg: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     src = Path(args.notebook)
@@ -88,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"nbdist run: the kernel died: {err}", file=sys.stderr)
         status = 1
     finally:
+        # nbclient leaves a kernel manager it was handed running: stop it ourselves.
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=False)
         nbformat.write(nb, out_path)
         print(f"[nbdist] wrote {out_path}", file=sys.stderr)
     return status
