@@ -91,7 +91,8 @@ class RichMerger:
              now: float) -> list[RichOut]:
         req = self._requests.get(parent)
         transient = content.get("transient") or {}
-        if msg_type == "update_display_data" or "display_id" in transient or req is None:
+        if (msg_type == "update_display_data" or "display_id" in transient or req is None
+                or rank not in req.ranks):
             # Never merged: labelled per rank, display ids kept apart.
             self._emit_single(parent, msg_type, content, rank)
             return self._take()

@@ -43,6 +43,8 @@ class _RankStream:
     pending: str = ""
     #: True when the start of the current line already went to the frontend.
     line_open: bool = False
+    #: True when part of the current line went out (even if another rank closed it since).
+    partial_sent: bool = False
     #: True when the current line is a ``\r`` progress line.
     progress: bool = False
     pending_since: float | None = None
@@ -148,8 +150,10 @@ class StreamMerger:
                 self._write(rank, name, st, shown + "\n", opens=False)
             elif st.line_open:
                 self._write(rank, name, st, "\n", opens=False)
-        else:
+        elif line or st.line_open or not st.partial_sent:
+            # (an empty rest of a line another rank already broke adds nothing)
             self._write(rank, name, st, line + "\n", opens=False)
+        st.partial_sent = False
         st.pending_since = None
 
     def _hold_partial(self, rank: int, name: str, st: _RankStream, rest: str, now: float) -> None:
@@ -175,6 +179,7 @@ class StreamMerger:
     def _emit_partial(self, rank: int, name: str, st: _RankStream) -> None:
         text, st.pending, st.pending_since = st.pending, "", None
         self._write(rank, name, st, text, opens=True)
+        st.partial_sent = True
 
     def _finish_stream(self, rank: int, name: str, st: _RankStream) -> None:
         if st.pending and not st.progress:
@@ -184,3 +189,4 @@ class StreamMerger:
             st.pending, st.progress = "", False
         st.pending_since = None
         st.line_open = False
+        st.partial_sent = False
