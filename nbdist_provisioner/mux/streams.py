@@ -76,8 +76,11 @@ class StreamMerger:
         data = st.pending + text
         st.pending = ""
         lines = data.split("\n")
-        for line in lines[:-1]:
-            self._complete_line(rank, name, st, line)
+        if len(lines) > 2 and not st.progress and "\r" not in data:
+            self._complete_block(rank, name, st, lines[:-1])
+        else:
+            for line in lines[:-1]:
+                self._complete_line(rank, name, st, line)
         self._hold_partial(rank, name, st, lines[-1], now)
         return self._take()
 
@@ -153,6 +156,15 @@ class StreamMerger:
         elif line or st.line_open or not st.partial_sent:
             # (an empty rest of a line another rank already broke adds nothing)
             self._write(rank, name, st, line + "\n", opens=False)
+        st.partial_sent = False
+        st.pending_since = None
+
+    def _complete_block(self, rank: int, name: str, st: _RankStream, lines: list[str]) -> None:
+        """Fast path for plain lines (a print flood): one prefixed block, one write."""
+        if not lines[0] and st.partial_sent and not st.line_open:
+            lines = lines[1:]  # the empty rest of a line another rank already broke
+        self._write(rank, name, st, ("\n" + self._prefixes[rank]).join(lines) + "\n",
+                    opens=False)
         st.partial_sent = False
         st.pending_since = None
 
