@@ -17,7 +17,8 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of ranks, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of ranks, got {text!r}") from None
     if not 1 <= value <= MAX_NPROC:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_NPROC}, got {value}")
     return value

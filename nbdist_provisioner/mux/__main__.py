@@ -32,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         mux = Multiplexer(args.connection_file, settings)
         return await mux.run()
 
-    return asyncio.run(run())
+    profile_to = os.environ.get("NBDIST_PROFILE")
+    if not profile_to:
+        return asyncio.run(run())
+    # Performance work: NBDIST_PROFILE=out.prof writes cProfile stats at exit.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(asyncio.run, run())
+    finally:
+        profiler.dump_stats(profile_to)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class FrontendChannels:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
             sock.bind(f"{transport}://{ip}:{int(conn[f'{channel}_port'])}")
             self.sockets[channel] = sock
+        # Session.send would wrap an asyncio socket in a new sync shadow on every
+        # call; one shadow per socket, made here, keeps that off the hot path.
+        self.out = {ch: zmq.Socket.shadow(sock.underlying) for ch, sock in self.sockets.items()}
         self.dropped = 0
         self._hb_ctx = zmq.Context()
         hb = self._hb_ctx.socket(zmq.ROUTER)
@@ -77,7 +80,7 @@ class FrontendChannels:
             frame = await sock.recv()
             if frame[:1] == b"\x01":
                 topic = frame[1:].decode("utf-8", "replace")
-                self.session.send(sock, "iopub_welcome", {"subscription": topic})
+                self.session.send(self.out["iopub"], "iopub_welcome", {"subscription": topic})
 
     def close(self) -> None:
         for sock in self.sockets.values():

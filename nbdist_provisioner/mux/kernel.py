@@ -86,6 +86,7 @@ class Multiplexer:
         self._timer_at = float("inf")
         self._notice_pending = True
         self._done = asyncio.Event()
+        self._background: set[asyncio.Future[Any]] = set()
         self.exit_status = 0
         self.loop = asyncio.get_running_loop()
 
@@ -145,11 +146,14 @@ class Multiplexer:
         self.pool.signal_all(signal.SIGINT)
 
     def _spawn(self, coro: Any) -> None:
-        asyncio.ensure_future(coro)
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
 
     # -- frontend -> ranks ------------------------------------------------------
     def _on_frontend(self, channel: str, idents: list[bytes], msg: dict[str, Any]) -> None:
-        req = FrontendRequest(channel, idents, msg["header"], msg["content"], msg["metadata"])
+        req = FrontendRequest(channel, idents, msg["header"], msg["content"], msg["metadata"],
+                              buffers=list(msg.get("buffers") or []))
         self._remember(req)
         t = req.msg_type
         if t == "kernel_info_request":
@@ -203,7 +207,7 @@ class Multiplexer:
         channel = "control" if req.channel == "control" else "shell"
         for rank in req.targets:
             msg_id = self.pool.link(rank).send(channel, req.msg_type, req.content,
-                                               metadata=req.metadata)
+                                               metadata=req.metadata, buffers=req.buffers)
             self.table.add(req, rank, msg_id)
 
     def _pump(self) -> None:
@@ -274,7 +278,7 @@ class Multiplexer:
         parent_id = str((msg.get("parent_header") or {}).get("msg_id", ""))
         t = msg["header"].get("msg_type")
         if channel == "iopub":
-            self._on_rank_iopub(rank, t, msg["content"], parent_id)
+            self._on_rank_iopub(rank, t, msg["content"], parent_id, msg.get("buffers"))
             return
         entry = self.table.live(parent_id)
         if entry is None:
@@ -289,7 +293,8 @@ class Multiplexer:
         req.replies[rank] = msg["content"]
         self._maybe_finish(req)
 
-    def _on_rank_iopub(self, rank: int, t: str, content: dict[str, Any], parent_id: str) -> None:
+    def _on_rank_iopub(self, rank: int, t: str, content: dict[str, Any], parent_id: str,
+                       buffers: list[Any] | None = None) -> None:
         now = self.loop.time()
         entry = self.table.live(parent_id)
         if entry is not None:
@@ -312,7 +317,7 @@ class Multiplexer:
             self.comm_owner[str(content.get("comm_id", ""))] = (rank,)
         elif t == "execute_result":
             content = {**content, "execution_count": self._exec_counts.get(key, 0)}
-        self._emit(self.merger.feed(rank, t, content, key, now))
+        self._emit(self.merger.feed(rank, t, content, key, now, buffers))
 
     def _maybe_finish(self, req: FrontendRequest) -> None:
         if req.complete():
@@ -386,7 +391,7 @@ class Multiplexer:
             return
         content = dict(item.rank_msg["content"])
         content["prompt"] = self.prefixes[item.rank] + str(content.get("prompt", ""))
-        self.session.send(self.front.sockets["stdin"], "input_request", content,
+        self.session.send(self.front.out["stdin"], "input_request", content,
                           parent=header, ident=entry.idents)
 
     def _on_input_reply(self, req: FrontendRequest) -> None:
@@ -414,12 +419,12 @@ class Multiplexer:
 
     def _reply(self, req: FrontendRequest, content: dict[str, Any]) -> None:
         msg_type = req.msg_type.replace("_request", "_reply")
-        self.session.send(self.front.sockets[req.channel], msg_type, content,
+        self.session.send(self.front.out[req.channel], msg_type, content,
                           parent=req.header, ident=req.idents)
 
     def _publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
         self._flush_pub()
-        self.session.send(self.front.sockets["iopub"], msg_type, content, parent=parent)
+        self.session.send(self.front.out["iopub"], msg_type, content, parent=parent)
 
     def _publish_status(self, state: str, parent: dict[str, Any]) -> None:
         self._publish("status", {"execution_state": state}, parent)
@@ -445,10 +450,10 @@ class Multiplexer:
     def _flush_pub(self) -> None:
         self._pub_scheduled = False
         pub, self._pub = self._pub, []
-        sock = self.front.sockets["iopub"]
+        sock = self.front.out["iopub"]
         for out in pub:
             self.session.send(sock, out.msg_type, out.content,
-                              parent=self._headers.get(out.parent, {}))
+                              parent=self._headers.get(out.parent, {}), buffers=out.buffers)
 
     def _schedule_tick(self) -> None:
         deadline = self.merger.next_deadline()

@@ -26,6 +26,8 @@ class Out:
     parent: str
     msg_type: str
     content: dict[str, Any]
+    #: binary buffers (comm messages of widgets), passed through untouched
+    buffers: list[Any] | None = None
 
 
 @dataclass
@@ -71,7 +73,7 @@ class OutputMerger:
 
     # -- events ---------------------------------------------------------------
     def feed(self, rank: int, msg_type: str, content: dict[str, Any], parent: str,
-             now: float) -> list[Out]:
+             now: float, buffers: list[Any] | None = None) -> list[Out]:
         """One iopub output message of ``rank``, already known to belong to ``parent``."""
         if msg_type == "stream":
             if rank in self.shown_ranks:
@@ -86,7 +88,7 @@ class OutputMerger:
             if rank in self.shown_ranks:
                 self._out.append(Out(parent, msg_type, content))
         else:
-            self._out.append(Out(parent, msg_type, content))
+            self._out.append(Out(parent, msg_type, content, buffers or None))
         return self._take()
 
     def tick(self, now: float) -> list[Out]:
@@ -117,7 +119,8 @@ class OutputMerger:
                 self._out[-1] = Out(last.parent, "stream",
                                     {"name": chunk.name, "text": last.content["text"] + chunk.text})
             else:
-                self._out.append(Out(chunk.parent, "stream", {"name": chunk.name, "text": chunk.text}))
+                self._out.append(
+                    Out(chunk.parent, "stream", {"name": chunk.name, "text": chunk.text}))
 
     def _add_rich(self, outs: list[Any]) -> None:
         self._out.extend(Out(o.parent, o.msg_type, o.content) for o in outs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from hmac import compare_digest
 from typing import Any
 
 import zmq
@@ -48,6 +49,8 @@ class RankLink:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             sock.connect(url(f"{channel}_port"))
             self.sockets[channel] = sock
+        # one sync shadow per socket for sending (Session.send makes one per call otherwise)
+        self._out = {ch: zmq.Socket.shadow(sock.underlying) for ch, sock in self.sockets.items()}
         self._iopub_seen = asyncio.Event()
         self._kernel_info: asyncio.Future[dict[str, Any]] | None = None
         self._tasks = [asyncio.ensure_future(self._recv_loop(ch)) for ch in self.sockets]
@@ -69,35 +72,52 @@ class RankLink:
                 continue  # ask again; each request makes the rank publish on iopub
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any],
-             metadata: dict[str, Any] | None = None, msg_id: str | None = None) -> str:
+             metadata: dict[str, Any] | None = None, buffers: list[Any] | None = None) -> str:
         """Send a request to the rank; return its msg_id."""
-        msg = self.session.msg(msg_type, content, metadata=metadata)
-        if msg_id is not None:
-            msg["header"]["msg_id"] = msg_id
-            msg["msg_id"] = msg_id
-        self.session.send(self.sockets[channel], msg)
+        msg = self.session.send(self._out[channel], msg_type, content, metadata=metadata,
+                                buffers=buffers)
         return str(msg["header"]["msg_id"])
 
     def send_raw_reply(self, channel: str, msg_type: str, content: dict[str, Any],
                        parent: dict[str, Any]) -> None:
         """Answer a rank's request (input_reply) under the rank's own parent header."""
-        self.session.send(self.sockets[channel], msg_type, content, parent=parent)
+        self.session.send(self._out[channel], msg_type, content, parent=parent)
+
+    def read(self, frames: list[bytes]) -> dict[str, Any] | None:
+        """Verify and unpack one rank message; None for what the multiplexer never uses.
+
+        This is the multiplexer's hottest path (every rank message), so unlike
+        ``Session.deserialize`` it checks the signature first, unpacks the header
+        alone to drop rank ``execute_input`` early, and parses no dates.
+        """
+        _, msg_list = self.session.feed_identities(frames, copy=True)
+        if len(msg_list) < 5:
+            raise ValueError(f"malformed message of {len(msg_list)} frames")
+        if not compare_digest(msg_list[0], self.session.sign(msg_list[1:5])):
+            raise ValueError("invalid signature")
+        header = self.session.unpack(msg_list[1])
+        if header.get("msg_type") == "execute_input":
+            return None
+        return {"header": header, "parent_header": self.session.unpack(msg_list[2]),
+                "metadata": self.session.unpack(msg_list[3]),
+                "content": self.session.unpack(msg_list[4]), "buffers": msg_list[5:]}
 
     async def _recv_loop(self, channel: str) -> None:
         sock = self.sockets[channel]
         while True:
             frames = await sock.recv_multipart(copy=True)
+            if channel == "iopub":
+                self._iopub_seen.set()
             try:
-                _, msg_list = self.session.feed_identities(frames, copy=True)
-                msg = self.session.deserialize(msg_list, content=True, copy=True)
+                msg = self.read(frames)
             except Exception as err:  # a bad frame from a rank: log it, keep serving
                 log.warning("rank %d sent an unreadable %s message: %s", self.rank, channel, err)
                 continue
+            if msg is None:
+                continue
             msg_type = msg["header"].get("msg_type")
-            if channel == "iopub":
-                self._iopub_seen.set()
-                if msg_type == "iopub_welcome":
-                    continue
+            if msg_type == "iopub_welcome":
+                continue
             if msg_type == "kernel_info_reply" and self._kernel_info is not None:
                 if not self._kernel_info.done():
                     self._kernel_info.set_result(msg)

@@ -94,7 +94,7 @@ class RankPool:
         env[RANK_CONFIG_ENV] = RankConfig(
             handshake_addr=handshake, parent_pid=os.getpid(), bind_ip=self.launcher.bind_ip,
             init_process_group=s.init_process_group, backend=s.backend,
-            collective_timeout=s.collective_timeout,
+            collective_timeout=s.collective_timeout, keep_history=rank == s.primary_rank,
         ).to_json()
         return env
 

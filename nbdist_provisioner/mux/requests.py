@@ -33,6 +33,8 @@ class FrontendRequest:
     replies: dict[int, dict[str, Any]] = field(default_factory=dict)
     idle: set[int] = field(default_factory=set)
     dead: dict[int, str] = field(default_factory=dict)
+    #: binary buffers of the frontend message (comm messages), forwarded as they are
+    buffers: list[Any] = field(default_factory=list)
 
     @property
     def msg_id(self) -> str:

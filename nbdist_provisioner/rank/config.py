@@ -22,6 +22,9 @@ class RankConfig:
     collective_timeout: float = 300.0
     #: Seconds between output flushes; ipykernel's 0.2 s is too slow for live output.
     flush_interval: float = 0.01
+    #: Only the primary rank answers history requests; the others skip the sqlite
+    #: writes (about a third of an idle cell's CPU in a kernel).
+    keep_history: bool = True
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
