@@ -7,6 +7,10 @@
 
 c = get_config()  # noqa: F821 - provided by Jupyter's config loader
 
+# The multi-rank kernelspecs name their provisioner in kernel.json, so there is no
+# need for c.KernelProvisionerFactory.default_provisioner_name = "nbdist-provisioner"
+# (that would also turn plain kernelspecs such as python3 into multiplexer starts).
+
 # Ranks per multi-rank kernel, and how they start.
 c.MultiRankProvisioner.nproc = 4
 c.MultiRankProvisioner.launcher = "local"

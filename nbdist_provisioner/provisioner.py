@@ -13,9 +13,11 @@ import os
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
+from tornado.web import HTTPError
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, TraitError, Unicode, default
 
 from .launchers import LauncherError, get_launcher
+from .mux.faults import discard_note
 from .settings import BACKENDS, SETTINGS_ENV, KernelSettings, SettingsError, parse_env_value
 
 ENV_PREFIX = "NBDIST_"
@@ -30,6 +32,22 @@ def _from_env(name: str, kind: type, fallback: Any) -> Any:
         return parse_env_value(var, raw, kind)
     except SettingsError as err:
         raise TraitError(str(err)) from None
+
+
+class ProvisionerConfigError(HTTPError, ValueError):
+    """A bad setting; the message names it and what is accepted.
+
+    A ValueError for jupyter_client / nbclient callers, and a tornado HTTPError so that
+    jupyter_server puts the message in the body of the failed ``POST /api/kernels``
+    (it answers any other exception with a bare "Unhandled error").
+    """
+
+    def __init__(self, message: str) -> None:
+        # jupyter_server's API handlers send log_message as is (not %-formatted)
+        HTTPError.__init__(self, 500, message, reason="Bad kernel configuration")
+
+    def __str__(self) -> str:
+        return str(self.log_message)
 
 
 class MultiRankProvisioner(LocalProvisioner):  # type: ignore[misc]
@@ -68,6 +86,20 @@ class MultiRankProvisioner(LocalProvisioner):  # type: ignore[misc]
     start_timeout = Float(
         help="Seconds all ranks get to start and report ready. Env: NBDIST_START_TIMEOUT.").tag(
         config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        # kwargs carry kernel.json metadata.kernel_provisioner.config: refuse typos there
+        # instead of letting traitlets drop them silently.
+        unknown = sorted(set(kwargs) - set(self.class_trait_names()))
+        if unknown:
+            known = sorted(self.class_trait_names(config=True))
+            raise ProvisionerConfigError(
+                f"nbdist-provisioner: unknown setting(s) {unknown} in kernel.json "
+                f"metadata.kernel_provisioner.config; known: {known}")
+        try:
+            super().__init__(**kwargs)
+        except TraitError as err:
+            raise ProvisionerConfigError(f"nbdist-provisioner: {err}") from None
 
     @default("nproc")
     def _default_nproc(self) -> int:
@@ -110,7 +142,8 @@ class MultiRankProvisioner(LocalProvisioner):  # type: ignore[misc]
         return float(_from_env("start_timeout", float, KernelSettings.start_timeout))
 
     def resolved_settings(self) -> KernelSettings:
-        """The validated settings of this start; raises ValueError naming a bad setting."""
+        """The validated settings of this start; raises ProvisionerConfigError (a ValueError)
+        naming a bad setting."""
         try:
             settings = KernelSettings(
                 nproc=self.nproc, launcher=self.launcher, backend=self.backend,
@@ -122,7 +155,7 @@ class MultiRankProvisioner(LocalProvisioner):  # type: ignore[misc]
             )
             get_launcher(settings.launcher)
         except (SettingsError, LauncherError, TraitError) as err:
-            raise ValueError(f"nbdist-provisioner: {err}") from None
+            raise ProvisionerConfigError(f"nbdist-provisioner: {err}") from None
         return settings
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -132,6 +165,14 @@ class MultiRankProvisioner(LocalProvisioner):  # type: ignore[misc]
         env[SETTINGS_ENV] = settings.to_json()
         kwargs["env"] = env
         return kwargs
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if not restart:
+            # A restart note (mux.faults) that no multiplexer will read: the kernel is gone.
+            connection_file = getattr(self.parent, "connection_file", "")
+            if connection_file:
+                discard_note(connection_file)
+        await super().cleanup(restart=restart)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         # The multiplexer asks every rank to stop, then kills stragglers after its grace.

@@ -60,6 +60,16 @@ class RunningKernel:
 @pytest.fixture
 def start_kernel() -> Iterator[Any]:
     """Factory: start_kernel("nbdist-test-4") -> RunningKernel; all shut down and checked after."""
+    yield from _kernel_factory()
+
+
+@pytest.fixture(scope="module")
+def start_module_kernel() -> Iterator[Any]:
+    """Like start_kernel, for kernels shared by the tests of one module (fewer starts)."""
+    yield from _kernel_factory()
+
+
+def _kernel_factory() -> Iterator[Any]:
     started: list[tuple[RunningKernel, list[int]]] = []
 
     def start(name: str = "nbdist-test-4", **kw: Any) -> RunningKernel:

@@ -23,7 +23,7 @@ def test_every_rank_output_appears_exactly_once(order, values, delays):
     m.start("c", (0, 1, 2, 3))
     out = []
     now = 0.0
-    for rank, delay in zip(order, delays):
+    for rank, delay in zip(order, delays, strict=False):
         now += delay
         out += m.tick(now)
         out += m.feed(rank, "execute_result", result(str(values[rank])), "c", now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,7 +62,7 @@ def interleavings(draw):
         text = "".join(line + "\n" for line in ls)
         cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=6)))
         bounds = [0, *cuts, len(text)]
-        queues[r] = [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+        queues[r] = [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
     events = []
     while any(queues.values()):
         r = draw(st.sampled_from([r for r, q in queues.items() if q]))

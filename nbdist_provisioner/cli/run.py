@@ -62,15 +62,16 @@ def echo_to_terminal(msg: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    src = Path(args.notebook)
+    if not src.is_file():  # before the imports below, which take a second
+        print(f"nbdist run: no such notebook: {src}", file=sys.stderr)
+        return 2
+
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-    src = Path(args.notebook)
-    if not src.is_file():
-        print(f"nbdist run: no such notebook: {src}", file=sys.stderr)
-        return 2
     nb = nbformat.read(src, as_version=4)
     out_path = Path(args.output) if args.output else src.with_name(src.stem + ".out.ipynb")
     if args.kernel:

@@ -119,12 +119,14 @@ def merge_execute_reply(req: FrontendRequest, execution_count: int) -> dict[str,
         else:
             ename, evalue, traceback = "RankDied", req.dead.get(first, ""), []
         where = f"rank {first}" if len(failed) == 1 else f"ranks {format_ranks(failed)}"
+        merged_evalue = f"{evalue} (failed on {where} of {len(req.targets)})"
         return {
             **base,
             "status": "error",
             "ename": ename,
-            "evalue": f"{evalue} (failed on {where} of {len(req.targets)})",
-            "traceback": traceback,
+            "evalue": merged_evalue,
+            # nbclient/papermill show the reply's traceback: make it name the ranks too
+            "traceback": [*traceback, f"{ename}: {merged_evalue}"],
             "nbdist": {"failed_ranks": failed},
         }
     if aborted and len(aborted) == len(req.targets):
