@@ -177,6 +177,3 @@ class MultiRankProvisioner(LocalProvisioner):  # type: ignore[misc]
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         # The multiplexer asks every rank to stop, then kills stragglers after its grace.
         return max(recommended, 10.0)
-
-    def get_stable_start_time(self, recommended: float = 10.0) -> float:
-        return max(recommended, float(self.start_timeout))

@@ -111,7 +111,12 @@ class KernelSettings:
 
 
 def parse_env_value(name: str, raw: str, kind: type) -> Any:
-    """Parse one ``NBDIST_*`` variable, naming it in any error."""
+    """Parse one ``NBDIST_*`` variable, naming it in any error.
+
+    Text is taken as written (a stream prefix ends in a space); other kinds are stripped.
+    """
+    if kind is str:
+        return raw
     text = raw.strip()
     try:
         if kind is bool:

@@ -85,9 +85,12 @@ class RankProcess(ABC):
             return "still running"
         if code < 0:
             try:
-                return f"killed by signal {signal.Signals(-code).name}"
+                name = signal.Signals(-code).name
             except ValueError:
                 return f"killed by signal {-code}"
+            if -code == signal.SIGKILL:  # what the out-of-memory killer sends
+                return f"killed by signal {name} (out of memory? the OOM killer sends SIGKILL)"
+            return f"killed by signal {name}"
         return f"exit code {code}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 
@@ -47,6 +48,9 @@ class LocalRankProcess(RankProcess):
 
     async def wait(self) -> int:
         code = await self._proc.wait()
+        # What the rank started dies with it (no orphans), which also closes their copies
+        # of the stderr pipe, so the drain below ends at once.
+        self.send_signal(signal.SIGKILL)
         # Let the drain finish so the tail holds the rank's last words.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._drain), timeout=2.0)

@@ -11,6 +11,8 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
+from .zmqsend import AsyncSend
+
 log = logging.getLogger("nbdist.mux")
 
 #: Frontend messages larger than this (all frames) are dropped unread.
@@ -35,9 +37,9 @@ class FrontendChannels:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
             sock.bind(f"{transport}://{ip}:{int(conn[f'{channel}_port'])}")
             self.sockets[channel] = sock
-        # Session.send would wrap an asyncio socket in a new sync shadow on every
-        # call; one shadow per socket, made here, keeps that off the hot path.
-        self.out = {ch: zmq.Socket.shadow(sock.underlying) for ch, sock in self.sockets.items()}
+        # What Session.send is given: sends through the asyncio sockets themselves, so a
+        # waiting receive never misses its wake-up (zmqsend), and no shadow per call.
+        self.out = {ch: AsyncSend(sock) for ch, sock in self.sockets.items()}
         self.dropped = 0
         self._hb_ctx = zmq.Context()
         hb = self._hb_ctx.socket(zmq.ROUTER)

@@ -24,8 +24,19 @@ from jupyter_client.session import Session
 from ..launchers import get_launcher
 from ..ranks import RankSpecError, parse_rank_spec
 from ..settings import KernelSettings
+from .faults import (
+    IDLE_PROBE_AFTER,
+    INTERRUPT_GRACE,
+    PARTIAL_FAILURE_GRACE,
+    FaultMonitor,
+    restart_note,
+    take_note,
+    write_note,
+)
 from .frontend import FrontendChannels
 from .kernel_info import kernel_info_content
+from .mux_magics import describe_shown, split_mux_magics
+from .outflow import DropDetector
 from .output import Out, OutputMerger
 from .rank_pool import RankPool, RankStartError
 from .requests import (
@@ -43,7 +54,10 @@ log = logging.getLogger("nbdist.mux")
 PRIMARY_REQUESTS = ("complete_request", "inspect_request", "is_complete_request",
                     "history_request")
 COMM_MESSAGES = ("comm_open", "comm_msg", "comm_close")
-#: Exit status of a multiplexer that ends because a rank died (the restarter restarts it).
+#: Rank messages still forwarded after their cell is idle: they carry no new cell output.
+LATE_FORWARDED = (*COMM_MESSAGES, "update_display_data")
+#: Exit status of a multiplexer that ends for a restart: a rank died, or a second interrupt
+#: could not stop a cell (Jupyter's restarter then starts a fresh one).
 EXIT_RANK_DIED = 3
 PARENT_POLL_SECONDS = 0.5
 _HEADERS_KEPT = 1024
@@ -77,6 +91,15 @@ class Multiplexer:
         self.execution_count = 0
         self.ready = False
         self.start_error: str | None = None
+        self.connection_file = connection_file
+        #: Set once the kernel is going down to be restarted: requests then fail at once.
+        self.restart_reason: str | None = None
+        self.faults = FaultMonitor(settings.collective_timeout)
+        self.drops = DropDetector()
+        #: probe msg_id -> the rank msg_id of the request whose idle it stands in for
+        self._probes: dict[str, str] = {}
+        #: Why the previous multiplexer on this connection file restarted (shown once).
+        self._restart_note = take_note(connection_file)
         self.comm_owner: dict[str, tuple[int, ...]] = {}
         self._headers: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._exec_counts: dict[str, int] = {}
@@ -87,6 +110,7 @@ class Multiplexer:
         self._notice_pending = True
         self._done = asyncio.Event()
         self._background: set[asyncio.Future[Any]] = set()
+        self._late_logged: OrderedDict[str, None] = OrderedDict()
         self.exit_status = 0
         self.loop = asyncio.get_running_loop()
 
@@ -115,11 +139,20 @@ class Multiplexer:
             await self.pool.stop()
         else:
             self.ready = True
+            self._refresh_prefixes()
             log.info("%d ranks ready", self.settings.nproc)
         for req in self.waiting:
             self._dispatch(req)
         self.waiting.clear()
         self._pump()
+
+    def _refresh_prefixes(self) -> None:
+        """Fill the prefix template with what each rank reported: its host and local rank."""
+        for rank, st in self.pool.ranks.items():
+            info = st.info or {}
+            self.prefixes[rank] = self.settings.stream_prefix.format(
+                rank=rank, local_rank=info.get("local_rank", rank),
+                host=info.get("host") or socket.gethostname(), world_size=self.settings.nproc)
 
     async def _watch_parent(self) -> None:
         """Stop everything if the process that owns us (server, nbclient) is gone."""
@@ -131,10 +164,10 @@ class Multiplexer:
         log.warning("parent process %d is gone; shutting down", parent)
         await self.shutdown(None)
 
-    async def shutdown(self, req: FrontendRequest | None) -> None:
+    async def shutdown(self, req: FrontendRequest | None, graceful: bool = True) -> None:
         if req is not None:
             self._publish_status("busy", req.header)
-        await self.pool.stop()
+        await self.pool.stop(graceful=graceful)
         if req is not None:
             restart = bool(req.content.get("restart", False))
             self._reply(req, {"status": "ok", "restart": restart})
@@ -142,8 +175,36 @@ class Multiplexer:
         self._done.set()
 
     def interrupt(self) -> None:
-        """SIGINT (signal mode) or interrupt_request: every rank gets KeyboardInterrupt."""
+        """SIGINT (signal mode) or interrupt_request: every rank gets KeyboardInterrupt.
+
+        Ranks that are still starting run nothing of the user's (jupyter_client
+        interrupts before every shutdown), so they are left alone. A second interrupt
+        of a cell whose ranks did not stop after the first restarts the kernel.
+        """
+        if not self.ready or self.restart_reason is not None or self.pool.stopping:
+            return
+        req = self.active
+        if req is not None and self.faults.interrupted(req):
+            text = self.faults.escalation_text(req)
+            self._end_and_restart("KernelRestarting", text,
+                                  f"{text}, and a second interrupt was sent.")
+            return
         self.pool.signal_all(signal.SIGINT)
+        if req is not None:
+            self.loop.call_later(INTERRUPT_GRACE, self._after_interrupt, req)
+
+    def _after_interrupt(self, req: FrontendRequest) -> None:
+        if req is self.active and not req.complete() and self.restart_reason is None:
+            self._notice(req, self.faults.interrupt_notice(req, INTERRUPT_GRACE))
+
+    def _check_partial_failure(self, req: FrontendRequest) -> None:
+        if req is self.active and not req.complete() and self.restart_reason is None:
+            self._notice(req, self.faults.partial_failure_notice(req, PARTIAL_FAILURE_GRACE))
+
+    def _notice(self, req: FrontendRequest, text: str | None) -> None:
+        """An nbdist message for the user, on stderr of the cell ``req``."""
+        if text:
+            self._publish("stream", {"name": "stderr", "text": text}, req.header)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -197,8 +258,9 @@ class Multiplexer:
 
     def _dispatch(self, req: FrontendRequest) -> None:
         self._publish_status("busy", req.header)
-        if self.start_error:
-            self._fail_now(req, "RankStartError", self.start_error)
+        failure = self._unavailable()
+        if failure is not None:
+            self._fail_now(req, *failure)
             return
         if req.msg_type in COMM_MESSAGES:
             for rank in req.targets:  # comm messages get no reply: only idle is awaited
@@ -227,13 +289,21 @@ class Multiplexer:
         if not silent:
             self._publish("execute_input", {"code": code,
                                             "execution_count": self.execution_count}, req.header)
-        if self.start_error:
-            self._fail_now(req, "RankStartError", self.start_error)
+            self._publish_restart_note(req)
+        failure = self._unavailable()
+        if failure is not None:
+            self._fail_now(req, *failure)
             return
         try:
-            ranks, code = split_rank_magic(code, self.settings.nproc)
+            magics = split_mux_magics(code, self.settings.nproc)
+            ranks, code = split_rank_magic(magics.code, self.settings.nproc)
         except RankSpecError as err:
             self._fail_now(req, "RankSpecError", str(err))
+            return
+        if magics.shown is not None:
+            self.merger.shown_ranks = set(magics.shown)
+        if magics.used and not code.strip():
+            self._answer_alone(req, describe_shown(self.merger.shown_ranks))
             return
         req.targets = ranks if ranks is not None else tuple(range(self.settings.nproc))
         self._publish_notice_once(req)
@@ -260,6 +330,28 @@ class Multiplexer:
                                  "text": f"[nbdist] torch.distributed is not set up on {where}: "
                                          f"{error}\n"}, req.header)
 
+    def _publish_restart_note(self, req: FrontendRequest) -> None:
+        """Say once, in the first cell after a restart, why the kernel restarted."""
+        if self._restart_note is not None:
+            note, self._restart_note = self._restart_note, None
+            self._notice(req, note)
+
+    def _unavailable(self) -> tuple[str, str] | None:
+        """(ename, evalue) when requests cannot reach the ranks: no cell waits on a dead rank."""
+        if self.start_error:
+            return "RankStartError", self.start_error
+        if self.restart_reason is not None:
+            return "KernelRestarting", self.restart_reason
+        return None
+
+    def _answer_alone(self, req: FrontendRequest, text: str) -> None:
+        """End a cell that only held multiplexer magics: their output, ok, idle."""
+        if not req.content.get("silent", False):
+            self._publish("stream", {"name": "stdout", "text": text}, req.header)
+        self._reply(req, {"status": "ok", "payload": [], "user_expressions": {},
+                          "execution_count": self._exec_counts.get(req.msg_id, 0)})
+        self._publish_status("idle", req.header)
+
     def _fail_now(self, req: FrontendRequest, ename: str, evalue: str) -> None:
         """Answer a request that never reached the ranks, as an error."""
         error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
@@ -278,6 +370,16 @@ class Multiplexer:
         parent_id = str((msg.get("parent_header") or {}).get("msg_id", ""))
         t = msg["header"].get("msg_type")
         if channel == "iopub":
+            if t == "status" and parent_id in self._probes:
+                target = self._probes[parent_id]  # a probe's status stands for its request's
+                if msg["content"].get("execution_state") == "idle":
+                    self._probes = {k: v for k, v in self._probes.items() if v != target}
+                entry = self.table.live(target)
+                if entry is None or rank in entry[0].idle:
+                    return  # the request's own idle came after all
+                parent_id = target
+            if t in ("stream", "status"):
+                self._check_dropped(rank, msg, parent_id)
             self._on_rank_iopub(rank, t, msg["content"], parent_id, msg.get("buffers"))
             return
         entry = self.table.live(parent_id)
@@ -291,7 +393,39 @@ class Multiplexer:
                 self._show_input(shown)
             return
         req.replies[rank] = msg["content"]
+        if rank not in req.idle:
+            self.loop.call_later(IDLE_PROBE_AFTER, self._probe_idle, req, rank)
+        if (req is self.active and msg["content"].get("status") == "error"
+                and self.faults.rank_failed(req)):
+            self.loop.call_later(PARTIAL_FAILURE_GRACE, self._check_partial_failure, req)
         self._maybe_finish(req)
+
+    def _probe_idle(self, req: FrontendRequest, rank: int) -> None:
+        """``rank`` replied but its iopub idle has not come: ZMQ may have dropped it (the
+        rank's output queue overflowed). A request on its control channel makes the rank
+        publish busy/idle behind everything it published before; that idle then counts
+        as the request's own (and its stamp reports what was lost)."""
+        rank_msg_id = req.rank_msg_ids.get(rank, "")
+        if (rank in req.idle or self.table.live(rank_msg_id) is None
+                or self.restart_reason is not None or not self.pool.alive(rank)):
+            return
+        probe = self.pool.link(rank).send("control", "kernel_info_request", {})
+        self._probes[probe] = rank_msg_id
+        self.loop.call_later(IDLE_PROBE_AFTER, self._probe_idle, req, rank)
+
+    def _check_dropped(self, rank: int, msg: dict[str, Any], parent_id: str) -> None:
+        """Tell the cell when ZMQ dropped output of ``rank`` before it reached us."""
+        dropped = self.drops.observe(rank, msg.get("metadata"), msg["content"].get("text"),
+                                     stream=msg["header"].get("msg_type") == "stream")
+        if dropped is None:
+            return
+        log.warning("rank %d: %d stream messages (%d characters) dropped", rank,
+                    dropped.messages, dropped.chars)
+        entry = self.table.live(parent_id)
+        finished = self.table.finished_parent(parent_id)
+        header = entry[0].header if entry else (finished[1] if finished else None)
+        if header:
+            self._publish("stream", {"name": "stderr", "text": dropped.notice()}, header)
 
     def _on_rank_iopub(self, rank: int, t: str, content: dict[str, Any], parent_id: str,
                        buffers: list[Any] | None = None) -> None:
@@ -311,6 +445,10 @@ class Multiplexer:
                 return
             finished = self.table.finished_parent(parent_id)
             key = finished[0] if finished else ""
+            if finished and t not in LATE_FORWARDED:
+                # Its cell is idle: never after the idle, never into another cell.
+                self._drop_late(rank, t, key)
+                return
         if t == "execute_input":
             return
         if t == "comm_open":
@@ -318,6 +456,17 @@ class Multiplexer:
         elif t == "execute_result":
             content = {**content, "execution_count": self._exec_counts.get(key, 0)}
         self._emit(self.merger.feed(rank, t, content, key, now, buffers))
+
+    def _drop_late(self, rank: int, msg_type: str, request_id: str) -> None:
+        """Output of a finished cell (a background thread of it): logged, once per cell."""
+        if request_id in self._late_logged:
+            return
+        self._late_logged[request_id] = None
+        while len(self._late_logged) > _HEADERS_KEPT:
+            self._late_logged.popitem(last=False)
+        log.warning("rank %d: %s for request %s after its idle (a background thread of a "
+                    "finished cell?) is not shown; further late output of that cell is dropped "
+                    "silently", rank, msg_type, request_id)
 
     def _maybe_finish(self, req: FrontendRequest) -> None:
         if req.complete():
@@ -342,6 +491,7 @@ class Multiplexer:
             self._reply(req, reply)
         self._publish_status("idle", req.header)
         self.table.finish(req)
+        self.faults.forget(req.msg_id)
         self._show_input(self.inputs.drop_request(req.msg_id))
         if t == "execute_request" and req is self.active:
             self.active = None
@@ -362,24 +512,35 @@ class Multiplexer:
     def _on_rank_exit(self, rank: int, description: str) -> None:
         """A rank died: end every cell now with the reason, then exit so Jupyter restarts us."""
         log.error("%s", description)
-        if not self.ready:
+        if not self.ready or self.restart_reason is not None:
             return  # start-up failures are reported by RankPool.start
+        summary = description.splitlines()[0].removesuffix("; last stderr lines:")
+        self._end_and_restart("RankDied", summary, description, dead_rank=rank)
+
+    def _end_and_restart(self, ename: str, summary: str, detail: str,
+                         dead_rank: int | None = None) -> None:
+        """End every open request with the reason, leave a note for the next multiplexer,
+        then exit with EXIT_RANK_DIED so that Jupyter's restarter starts a fresh kernel."""
+        log.error("restarting: %s", summary)
+        self.restart_reason = f"{summary}; the kernel is restarting"
+        write_note(self.connection_file, restart_note(detail))
         for req in self.table.requests():
             if req.complete():
                 continue
-            self._publish("error", {
-                "ename": "RankDied", "evalue": description.splitlines()[0],
-                "traceback": [f"RankDied: {description}",
-                              "The kernel restarts with all ranks; variables are lost."],
-            }, req.header)
+            if req.msg_type == "execute_request":
+                self._publish("error", {
+                    "ename": ename, "evalue": summary,
+                    "traceback": [f"{ename}: {detail}",
+                                  "The kernel restarts with all ranks; variables are lost."],
+                }, req.header)
             for target in req.targets:
                 if not req.rank_done(target):
-                    req.dead[target] = description if target == rank else (
-                        f"stopped because rank {rank} died")
+                    req.dead[target] = detail if target == dead_rank else (
+                        f"stopped because {summary}")
             self._finish(req)
         self._abort_queue()
         self.exit_status = EXIT_RANK_DIED
-        self._spawn(self.shutdown(None))
+        self._spawn(self.shutdown(None, graceful=False))
 
     # -- stdin ------------------------------------------------------------------
     def _show_input(self, item: PendingInput | None) -> None:
@@ -390,7 +551,10 @@ class Multiplexer:
         if header is None or entry is None:
             return
         content = dict(item.rank_msg["content"])
-        content["prompt"] = self.prefixes[item.rank] + str(content.get("prompt", ""))
+        # A prompt always says which rank asks, even with stream prefixes turned off.
+        label = self.prefixes[item.rank] or (
+            f"[rank {item.rank}] " if self.settings.nproc > 1 else "")
+        content["prompt"] = label + str(content.get("prompt", ""))
         self.session.send(self.front.out["stdin"], "input_request", content,
                           parent=header, ident=entry.idents)
 
@@ -409,7 +573,8 @@ class Multiplexer:
     def _remember(self, req: FrontendRequest) -> None:
         self._headers[req.msg_id] = req.header
         while len(self._headers) > _HEADERS_KEPT:
-            self._headers.popitem(last=False)
+            forgotten, _ = self._headers.popitem(last=False)
+            self._exec_counts.pop(forgotten, None)  # (else one entry per cell, forever)
 
     def _language_info(self) -> dict[str, Any] | None:
         if not self.ready:

@@ -4,19 +4,28 @@ Composes the stream merger (prefixed lines, partial lines), the live progress
 display (one per cell, throttled) and the rich merger (dedupe / labels), and
 returns outputs in order, adjacent stream text coalesced into one message.
 Pure: no sockets, ``now`` is passed in.
+
+``clear_output`` from a rank clears that rank's output only: the frontend can only
+clear a whole cell, so the merger keeps what each rank has on view in the cell (the
+ledger, bounded by ``LEDGER_MAX``) and after forwarding the clear shows the other
+ranks' outputs again. With ``wait=True`` the frontend swaps them in without a
+flicker. Past the bound a clear clears every rank's output, as in one kernel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .rich import RichMerger, namespaced_display_id
-from .streams import StreamMerger
+from .streams import StreamMerger, StreamText
 
 #: Minimum seconds between two updates of a cell's progress display.
 PROGRESS_INTERVAL = 0.1
 _RICH = ("execute_result", "display_data", "update_display_data", "error")
+#: Bytes of a cell's visible output kept to redraw it after a rank's clear_output.
+LEDGER_MAX = 4 * 1024 * 1024
+_ENTRY_COST = 64
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,42 @@ class Out:
     content: dict[str, Any]
     #: binary buffers (comm messages of widgets), passed through untouched
     buffers: list[Any] | None = None
+
+
+@dataclass
+class _Entry:
+    """One output on view in the frontend, and the ranks it belongs to."""
+
+    ranks: set[int]
+    msg_type: str
+    content: dict[str, Any]
+    size: int
+    #: stream text, appended in place while the same rank keeps writing
+    parts: list[str] = field(default_factory=list)
+    #: for stream text: its rank and stream name (the hot path compares these)
+    owner: int = -1
+    name: str = ""
+
+
+@dataclass
+class _Ledger:
+    """What a cell shows, by rank, while it fits in LEDGER_MAX."""
+
+    entries: list[_Entry] = field(default_factory=list)
+    size: int = 0
+    #: True once the cell showed more than LEDGER_MAX: clears are whole-cell again.
+    overflow: bool = False
+
+    def add(self, entry: _Entry) -> None:
+        if self.grow(entry.size + _ENTRY_COST):
+            self.entries.append(entry)
+
+    def grow(self, size: int) -> bool:
+        self.size += size
+        if self.size > LEDGER_MAX and not self.overflow:
+            self.entries.clear()
+            self.overflow = True
+        return not self.overflow
 
 
 @dataclass
@@ -54,6 +99,7 @@ class OutputMerger:
         self.shown_ranks = shown_ranks if shown_ranks is not None else set(prefixes)
         self._progress_interval = progress_interval
         self._progress: dict[str, _Progress] = {}
+        self._ledgers: dict[str, _Ledger] = {}
         self._out: list[Out] = []
 
     # -- request lifecycle ----------------------------------------------------
@@ -69,6 +115,7 @@ class OutputMerger:
         self._add_streams(self.streams.finish(parent))
         self._add_rich(self.rich.finish(parent))
         self._render_progress(parent, now, final=True)
+        self._ledgers.pop(parent, None)
         return self._take()
 
     # -- events ---------------------------------------------------------------
@@ -86,7 +133,7 @@ class OutputMerger:
                 self._add_rich(self.rich.feed(rank, msg_type, content, parent, now))
         elif msg_type == "clear_output":
             if rank in self.shown_ranks:
-                self._out.append(Out(parent, msg_type, content))
+                self._clear(rank, content, parent, now)
         else:
             self._out.append(Out(parent, msg_type, content, buffers or None))
         return self._take()
@@ -113,6 +160,7 @@ class OutputMerger:
 
     def _add_streams(self, chunks: list[Any]) -> None:
         for chunk in chunks:
+            self._record_stream(chunk.parent, chunk.rank, chunk.name, chunk.text)
             last = self._out[-1] if self._out else None
             if (last is not None and last.msg_type == "stream" and last.parent == chunk.parent
                     and last.content["name"] == chunk.name):
@@ -123,7 +171,82 @@ class OutputMerger:
                     Out(chunk.parent, "stream", {"name": chunk.name, "text": chunk.text}))
 
     def _add_rich(self, outs: list[Any]) -> None:
-        self._out.extend(Out(o.parent, o.msg_type, o.content) for o in outs)
+        for o in outs:
+            self._record_rich(o.parent, o.msg_type, o.content)
+            self._out.append(Out(o.parent, o.msg_type, o.content))
+
+    # -- per-rank clear_output --------------------------------------------------
+    def _ledger(self, parent: str) -> _Ledger:
+        ledger = self._ledgers.get(parent)
+        if ledger is None:
+            ledger = self._ledgers[parent] = _Ledger()
+        return ledger
+
+    def _record_stream(self, parent: str, rank: int, name: str, text: str) -> None:
+        ledger = self._ledgers.get(parent)
+        if ledger is None:
+            if not parent:
+                return  # output of no request: never cleared, never finished
+            ledger = self._ledgers[parent] = _Ledger()
+        elif ledger.overflow:
+            return
+        entries = ledger.entries
+        last = entries[-1] if entries else None
+        if last is not None and last.owner == rank and last.name == name:
+            if ledger.grow(len(text)):
+                last.parts.append(text)
+        else:
+            ledger.add(_Entry({rank}, "stream", {"name": name}, len(text), [text], rank, name))
+
+    def _record_rich(self, parent: str, msg_type: str, content: dict[str, Any]) -> None:
+        if msg_type == "update_display_data":
+            # (may come long after its cell: never opens a ledger)
+            display_id = (content.get("transient") or {}).get("display_id")
+            done = self._ledgers.get(parent)
+            for entry in done.entries if done is not None else ():
+                if (entry.msg_type == "display_data"
+                        and (entry.content.get("transient") or {}).get("display_id")
+                        == display_id):
+                    entry.content = {**entry.content, "data": content.get("data", {}),
+                                     "metadata": content.get("metadata", {})}
+            return
+        if not parent:
+            return
+        ledger = self._ledger(parent)
+        ranks = set(((content.get("metadata") or {}).get("nbdist") or {}).get("ranks") or [])
+        size = sum(len(str(v)) for v in (content.get("data") or {}).values())
+        size += sum(len(str(line)) for line in content.get("traceback") or [])
+        ledger.add(_Entry(ranks, msg_type, content, size))
+
+    def _clear(self, rank: int, content: dict[str, Any], parent: str, now: float) -> None:
+        """Forward ``rank``'s clear_output, then show the other ranks' outputs again."""
+        self._out.append(Out(parent, "clear_output", content))
+        ledger = self._ledger(parent)
+        self._ledgers[parent] = fresh = _Ledger()
+        kept: list[_Entry] = []
+        if ledger.overflow:
+            # Too much to redraw: the whole cell is cleared, as in a single kernel.
+            self.streams.cleared(parent, None)
+        else:
+            self.streams.cleared(parent, rank)
+            for entry in ledger.entries:
+                entry.ranks.discard(rank)
+                if entry.ranks:
+                    kept.append(entry)
+        for entry in kept:
+            if entry.msg_type == "stream":
+                (owner,) = entry.ranks
+                self._add_streams([StreamText(parent, entry.content["name"],
+                                              "".join(entry.parts), owner)])
+            else:
+                self._out.append(Out(parent, entry.msg_type, entry.content))
+                fresh.add(entry)
+        p = self._progress.get(parent)
+        if p is not None:
+            p.shown = False  # its display went with the clear
+            if any(key[0] == parent for key in self.streams.progress):
+                self.streams.progress_changed.add(parent)
+                self._render_progress(parent, now, final=False)
 
     def _progress_tick(self, parent: str, now: float) -> None:
         if parent not in self.streams.progress_changed:
@@ -146,7 +269,7 @@ class OutputMerger:
                 return
             p = self._progress[parent] = _Progress(
                 display_id=namespaced_display_id(f"nbdist-progress-{parent}", -1))
-        if changed or not p.shown:
+        if (changed or not p.shown) and (lines or p.shown):
             text = "\n".join(self._prefixes[rank] + line for (rank, _), line in lines)
             content = {
                 "data": {"text/plain": text},

@@ -12,10 +12,18 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
+from .zmqsend import AsyncSend
+
 log = logging.getLogger("nbdist.mux")
 
 #: (rank, channel, message dict) -> None; called for every verified message.
 MessageHandler = Callable[[int, str, dict[str, Any]], None]
+#: Bytes (or their equivalent in small messages) read from one rank socket before the
+#: receive loop lets the event loop run (publish what was merged, serve the frontend).
+YIELD_AFTER_BYTES = 1 << 20
+MESSAGE_OVERHEAD = 16 << 10
+#: Rank iopub messages (each at most ~1 MiB, see rank.outflow) queued in the multiplexer.
+RANK_IOPUB_RCVHWM = 64
 
 
 class RankLink:
@@ -47,10 +55,14 @@ class RankLink:
                 sock.identity = self.session.bsession
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
+                # Bound what waits in this process when a rank outruns us; the rest
+                # waits in the rank, whose drops the multiplexer detects (outflow).
+                sock.setsockopt(zmq.RCVHWM, RANK_IOPUB_RCVHWM)
             sock.connect(url(f"{channel}_port"))
             self.sockets[channel] = sock
-        # one sync shadow per socket for sending (Session.send makes one per call otherwise)
-        self._out = {ch: zmq.Socket.shadow(sock.underlying) for ch, sock in self.sockets.items()}
+        # what Session.send is given: never a sync shadow, whose sends can leave the
+        # receive loop asleep on a message that arrived (see zmqsend)
+        self._out = {ch: AsyncSend(sock) for ch, sock in self.sockets.items()}
         self._iopub_seen = asyncio.Event()
         self._kernel_info: asyncio.Future[dict[str, Any]] | None = None
         self._tasks = [asyncio.ensure_future(self._recv_loop(ch)) for ch in self.sockets]
@@ -104,8 +116,16 @@ class RankLink:
 
     async def _recv_loop(self, channel: str) -> None:
         sock = self.sockets[channel]
+        budget = YIELD_AFTER_BYTES
         while True:
+            # A ready zmq future does not yield: under a flood this loop would hold the
+            # event loop (no interrupt, no publishing, memory piling up) until the rank
+            # stops. Give the loop a turn after every YIELD_AFTER_BYTES received.
+            if budget <= 0:
+                budget = YIELD_AFTER_BYTES
+                await asyncio.sleep(0)
             frames = await sock.recv_multipart(copy=True)
+            budget -= sum(len(f) for f in frames) + MESSAGE_OVERHEAD
             if channel == "iopub":
                 self._iopub_seen.set()
             try:

@@ -53,7 +53,9 @@ def free_port(addr: str) -> int:
 
 
 def describe_death(proc: RankProcess) -> str:
-    text = f"rank {proc.rank} (pid {proc.pid}) {proc.describe_exit()}"
+    how = proc.describe_exit()
+    verb = "was" if how.startswith("killed") else "exited with"
+    text = f"rank {proc.rank} (pid {proc.pid}) {verb} {how}"
     tail = proc.stderr_tail()
     if tail:
         text += "; last stderr lines:\n" + tail
@@ -75,6 +77,7 @@ class RankPool:
         self.dist_reports: dict[int, dict[str, Any]] = {}
         self.started_at = time.monotonic()
         self._watchers: list[asyncio.Task[None]] = []
+        self._ready: set[int] = set()
         self.stopping = False
 
     def rank_env(self, rank: int, master_port: int, handshake: str, key: bytes) -> dict[str, str]:
@@ -115,13 +118,14 @@ class RankPool:
             for proc in procs:
                 self.ranks[proc.rank] = RankState(proc.rank, proc, keys[proc.rank])
             self._watchers = [asyncio.ensure_future(self._watch(st)) for st in self.ranks.values()]
+            deadline = time.monotonic() + s.start_timeout
             await asyncio.wait_for(self._handshakes(pull), timeout=s.start_timeout)
-            await asyncio.wait_for(
-                asyncio.gather(*(st.link.wait_ready() for st in self.ranks.values()
-                                 if st.link is not None)),
-                timeout=s.start_timeout)
+            await asyncio.wait_for(self._links_ready(),
+                                   timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            waiting = sorted(r for r, st in self.ranks.items() if st.info is None)
+            # the ranks that never reported; once all did, the ones that never answered
+            waiting = (sorted(r for r, st in self.ranks.items() if st.info is None)
+                       or sorted(r for r in self.ranks if r not in self._ready))
             detail = "; ".join(
                 f"rank {r}: " + (self.ranks[r].process.stderr_tail() or "no stderr output")
                 for r in waiting[:4])
@@ -150,6 +154,29 @@ class RankPool:
             rank = self._accept_handshake(frames)
             if rank is not None:
                 pending.discard(rank)
+
+    async def _links_ready(self) -> None:
+        """Every linked rank answers kernel_info; one that dies meanwhile fails the start."""
+
+        async def ready(st: RankState) -> None:
+            assert st.link is not None
+            await st.link.wait_ready()
+            self._ready.add(st.rank)
+
+        waiting = asyncio.ensure_future(asyncio.gather(
+            *(ready(st) for st in self.ranks.values() if st.link is not None)))
+        try:
+            while not waiting.done():
+                exits = [w for w in self._watchers if not w.done()]
+                await asyncio.wait([waiting, *exits], return_when=asyncio.FIRST_COMPLETED)
+                dead = [st for st in self.ranks.values() if st.process.returncode is not None]
+                if dead:
+                    await dead[0].process.wait()
+                    raise RankStartError(
+                        "a rank failed to start: " + describe_death(dead[0].process))
+            waiting.result()
+        finally:
+            waiting.cancel()
 
     def _accept_handshake(self, frames: list[bytes]) -> int | None:
         try:
@@ -187,12 +214,15 @@ class RankPool:
         for st in self.ranks.values():
             st.process.send_signal(signum)
 
-    async def stop(self) -> None:
-        """Ask every rank to shut down, then kill whatever is left. Never leaves a process."""
+    async def stop(self, graceful: bool = True) -> None:
+        """Ask every rank to shut down (or, not graceful, kill at once: a restart after a
+        death or a wedged cell), then kill whatever is left. Never leaves a process."""
         self.stopping = True
         for st in self.ranks.values():
-            if st.link is not None and self.alive(st.rank):
+            if graceful and st.link is not None and self.alive(st.rank):
                 st.link.send("control", "shutdown_request", {"restart": False})
+        if not graceful:
+            self.signal_all(9)
         waits = [st.process.wait() for st in self.ranks.values()]
         if waits:
             _done, pending = await asyncio.wait(

@@ -7,7 +7,7 @@ output merger renders as one live display per cell.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: A partial line (no newline yet) is forwarded after this many seconds.
 PARTIAL_LINE_DELAY = 0.03
@@ -24,6 +24,8 @@ class StreamText:
     parent: str
     name: str
     text: str
+    #: The rank whose line this text belongs to (for per-rank clear_output).
+    rank: int = field(default=-1, compare=False)
 
 
 def apply_carriage_returns(line: str) -> str:
@@ -114,6 +116,18 @@ class StreamMerger:
             del self._open_line[key]
         return self._take()
 
+    def cleared(self, parent: str, rank: int | None) -> None:
+        """The frontend cleared ``rank``'s output of ``parent`` (None: everyone's).
+
+        A line of that rank that goes on starts afresh, with its prefix.
+        """
+        for (r, _name), st in self._streams.items():
+            if st.parent == parent and (rank is None or r == rank):
+                st.line_open = False
+        for key, owner in list(self._open_line.items()):
+            if key[0] == parent and (rank is None or owner == rank):
+                del self._open_line[key]
+
     def forget_rank(self, rank: int) -> None:
         """Drop a dead rank's buffers (its last words were flushed by ``finish``)."""
         for key in [k for k in self._streams if k[0] == rank]:
@@ -129,14 +143,14 @@ class StreamMerger:
         key = (st.parent, name)
         owner = self._open_line.get(key)
         if owner is not None and owner != rank:
-            self._out.append(StreamText(st.parent, name, "\n"))
+            self._out.append(StreamText(st.parent, name, "\n", owner))
             other = self._streams.get((owner, name))
             if other is not None:
                 other.line_open = False
             del self._open_line[key]
         if not st.line_open:
             text = self._prefixes[rank] + text
-        self._out.append(StreamText(st.parent, name, text))
+        self._out.append(StreamText(st.parent, name, text, rank))
         st.line_open = opens
         if opens:
             self._open_line[key] = rank
@@ -178,7 +192,11 @@ class StreamMerger:
             # Keep only what a terminal would show, so a bar never grows memory.
             st.pending = "\r" + shown
             key = (st.parent, rank, name)
-            if self.progress.get(key) != shown:
+            if not shown.strip():
+                # A bar that erased itself (tqdm leave=False): no line to show.
+                if self.progress.pop(key, None) is not None:
+                    self.progress_changed.add(st.parent)
+            elif self.progress.get(key) != shown:
                 self.progress[key] = shown
                 self.progress_changed.add(st.parent)
             return

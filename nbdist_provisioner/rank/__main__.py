@@ -56,6 +56,7 @@ def main() -> None:
     from traitlets.config import Config
 
     from .distributed import init_distributed
+    from .outflow import guard_streams, limit_iopub_queue
 
     OutStream.flush_interval = config.flush_interval
     cfg = Config()
@@ -65,12 +66,15 @@ def main() -> None:
     cfg.HistoryManager.enabled = config.keep_history
     cfg.IPKernelApp.quiet = False  # keep stderr echoed to the launcher's pipe (see below)
     cfg.InteractiveShellApp.extensions = ["nbdist_provisioner.rank.extension"]
+    cfg.IPKernelApp.outstream_class = "nbdist_provisioner.rank.iostream.RankOutStream"
     app = IPKernelApp.instance(config=cfg)
     app.initialize([])
     # stdout would only be noise in the launcher's pipe; stderr stays echoed there
     # so the multiplexer can quote a dying rank's last words.
     if isinstance(sys.stdout, OutStream):
         sys.stdout.echo = None
+    guard_streams(app.session, *(s for s in (sys.stdout, sys.stderr) if isinstance(s, OutStream)))
+    limit_iopub_queue(app.iopub_socket)
     original_stderr = getattr(sys.stderr, "_original_stdstream_copy", None)
     if original_stderr is not None:
         faulthandler.enable(file=os.fdopen(os.dup(original_stderr), "w"), all_threads=False)
@@ -93,6 +97,7 @@ def main() -> None:
             "rank": rank,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "local_rank": int(os.environ.get("LOCAL_RANK", rank)),
             "ip": app.ip,
             "transport": app.transport,
             "shell_port": app.shell_port,

@@ -1,0 +1,62 @@
+"""Magics the multiplexer answers itself; they never reach the ranks.
+
+``%rank_output 0`` / ``0,2`` / ``1-3`` / ``all`` chooses whose output is shown from
+now on, like ``torchrun --local-ranks-filter`` (errors of every rank stay visible);
+``%rank_output`` alone tells the current choice. The magic goes on the first
+line(s) of a cell; the rest of the cell, if any, runs on the ranks as usual. A rank
+that meets it further down a cell fails with a hint (see ``rank/extension.py``).
+
+Pure: parsing and wording only; ``Multiplexer`` applies the result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..ranks import RankSpecError, format_ranks, parse_rank_spec
+
+_LINE = re.compile(r"[ \t]*%rank_output(?:[ \t]+(?P<spec>[^\n]*?))?[ \t]*(?:\n|\Z)")
+
+
+@dataclass(frozen=True)
+class MuxMagics:
+    """What the leading multiplexer magics of a cell asked for."""
+
+    #: The cell without those lines: what the ranks run (may be empty).
+    code: str
+    #: Ranks whose output is shown from now on; None when unchanged.
+    shown: tuple[int, ...] | None = None
+    #: True when the cell had at least one multiplexer magic.
+    used: bool = False
+
+
+def split_mux_magics(code: str, world_size: int) -> MuxMagics:
+    """Take the leading ``%rank_output`` lines off ``code``.
+
+    Raises RankSpecError for a bad rank list, so the cell fails saying what was wrong.
+    """
+    shown: tuple[int, ...] | None = None
+    used = False
+    pos = 0
+    while True:
+        match = _LINE.match(code, pos)
+        if match is None or match.end() == pos:
+            break
+        used = True
+        spec = (match.group("spec") or "").strip()
+        if spec:
+            shown = parse_rank_spec(spec, world_size)
+        pos = match.end()
+    if not used:
+        return MuxMagics(code)
+    return MuxMagics(code[pos:], shown, True)
+
+
+def describe_shown(shown: set[int] | tuple[int, ...]) -> str:
+    """The confirmation a ``%rank_output`` cell prints."""
+    ranks = sorted(shown)
+    if not ranks:
+        raise RankSpecError("no ranks to show")
+    what = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {format_ranks(ranks)}"
+    return f"[nbdist] showing output of {what} (errors of every rank are always shown)\n"
