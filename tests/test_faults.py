@@ -1,0 +1,331 @@
+"""Faults with real processes: ranks that die, cells wedged by a partial failure,
+ranks that cannot start, bad configuration, and processes that must not outlive us.
+
+Restarts go through jupyter_client's real restarter (AsyncIOLoopKernelManager with
+autorestart, as jupyter_server runs it); see fault_harness.RestartingKernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from fault_harness import RestartingKernel, figure, install_spec, owned_children, wait_for
+from jupyter_client.manager import KernelManager
+
+from kernel_harness import collect_until_idle, run_cell, wait_gone
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def specs(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    broken = tmp_path_factory.mktemp("broken-zmq")
+    (broken / "zmq.py").write_text(
+        "raise ImportError('libzmq.so.5: cannot open shared object file (nbdist test)')\n")
+    stuck = tmp_path_factory.mktemp("stuck-rank")
+    (stuck / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import os, sys, threading
+        if os.environ.get("RANK") == "1":
+            print("rank 1 is stuck in sitecustomize", file=sys.stderr, flush=True)
+            threading.Event().wait()
+        """))
+    return {
+        "torch": install_spec(kernel_prefix, "nbdist-fault-torch", 2, backend="gloo"),
+        "ct5": install_spec(kernel_prefix, "nbdist-fault-ct5", 2, backend="gloo",
+                            collective_timeout=5),
+        "import_error": install_spec(kernel_prefix, "nbdist-fault-import", 2,
+                                     init_process_group=False,
+                                     env={"PYTHONPATH": str(broken)}),
+        "start_timeout": install_spec(kernel_prefix, "nbdist-fault-timeout", 2,
+                                      init_process_group=False, start_timeout=5,
+                                      env={"PYTHONPATH": str(stuck)}),
+    }
+
+
+@pytest.fixture
+def restarting():
+    """Factory of kernels under the real restarter; all shut down and checked after."""
+    started: list[RestartingKernel] = []
+
+    def start(name: str = "nbdist-test-2") -> RestartingKernel:
+        k = RestartingKernel(name)
+        started.append(k)
+        return k
+
+    yield start
+    leftovers = [pid for k in started for pid in k.shutdown()]
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def stderr_of(run) -> str:
+    return run.stream_text("stderr")
+
+
+# -- 1. rank death during a cell ------------------------------------------------------
+DEATHS = {
+    # cause: (what rank 1 does after its last words, how the error must describe it)
+    "exit": ("os._exit(7)", "exited with exit code 7"),
+    "sigkill": ("os.kill(os.getpid(), signal.SIGKILL)", "killed by signal SIGKILL"),
+    "segfault": ("ctypes.string_at(0)", "killed by signal SIGSEGV"),
+    # the test SIGKILLs the rank while it holds memory, as the OOM killer does
+    "oom": ("time.sleep(600)", "killed by signal SIGKILL (out of memory?"),
+}
+
+
+@pytest.mark.parametrize("cause", list(DEATHS))
+def test_rank_death_during_a_cell_ends_it_and_the_kernel_restarts(restarting, cause):
+    action, described = DEATHS[cause]
+    k = restarting()
+    old_mux, old_pids = k.mux_pid, k.remember_pids()
+    code = textwrap.dedent(f"""\
+        import ctypes, os, signal, sys, time
+        if rank == 1:
+            hog = bytearray(64 * 2**20)
+            print(f'last words of rank 1', file=sys.stderr, flush=True)
+            {action}
+        time.sleep(600)  # rank 0: the cell must not wait for it
+        """)
+    sent = time.monotonic()
+    msg_id = k.kc.execute(code)
+    iopub = []
+    if cause == "oom":
+        while "last words" not in "".join(m["content"].get("text", "") for m in iopub):
+            msg = k.kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                iopub.append(msg)
+        victim = [c for c in psutil.Process(old_mux).children()
+                  if c.environ().get("RANK") == "1"]
+        assert len(victim) == 1
+        sent = time.monotonic()
+        victim[0].kill()  # SIGKILL, as the OOM killer does
+    iopub += collect_until_idle(k.kc, msg_id, timeout=60)
+    reply = k.kc.get_shell_msg(timeout=10)
+    ended = time.monotonic()
+    assert reply["parent_header"]["msg_id"] == msg_id
+    content = reply["content"]
+    assert content["status"] == "error" and content["ename"] == "RankDied", content
+    assert "rank 1" in content["evalue"] and described in content["evalue"], content["evalue"]
+    errors = [m["content"] for m in iopub if m["msg_type"] == "error"]
+    assert errors and errors[0]["ename"] == "RankDied"
+    traceback = "\n".join(errors[0]["traceback"])
+    assert described in traceback
+    assert "last stderr lines" in traceback and "last words of rank 1" in traceback, traceback
+    if cause == "segfault":
+        assert "Segmentation fault" in traceback  # faulthandler's report, from stderr
+    assert ended - sent < 10
+    figure(f"death during cell, cause={cause}: {ended - sent:.2f}s from "
+           f"{'kill' if cause == 'oom' else 'execute_request'} to the cell's error")
+
+    restarted = k.wait_restarted(old_mux)
+    run = run_cell(k.kc, "print(rank, world_size)")
+    assert run.status == "ok"
+    assert sorted(run.stream_text().splitlines()) == ["[rank 0] 0 2", "[rank 1] 1 2"]
+    assert "The kernel restarted" in stderr_of(run) and "rank 1" in stderr_of(run)
+    orphans = wait_gone(old_pids, timeout=10)
+    figure(f"death during cell, cause={cause}: restarter noticed after "
+           f"{restarted - ended:.2f}s; orphans after the death: {len(orphans)}")
+    assert orphans == []
+
+
+# -- 2. rank death while idle -----------------------------------------------------------
+def test_rank_death_while_idle_is_explained_in_the_next_cell(restarting):
+    k = restarting()
+    run_cell(k.kc, "import subprocess, sys\nx = 1\n"
+                   "child = subprocess.Popen([sys.executable, '-c', "
+                   "'import time; time.sleep(600)'])")
+    old_mux, old_pids = k.mux_pid, k.remember_pids()
+    assert len(old_pids) == 5  # multiplexer, 2 ranks, a child of each
+    victim = k.rank_pids()[1]
+    killed = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    restarted = k.wait_restarted(old_mux)
+    run = run_cell(k.kc, "print('x' in dir())")
+    assert run.status == "ok"
+    assert run.stream_text().count("False") == 2
+    note = stderr_of(run)
+    assert "The kernel restarted" in note
+    assert f"rank 1 (pid {victim}) was killed by signal SIGKILL" in note, note
+    # the note is shown once
+    assert "restarted" not in stderr_of(run_cell(k.kc, "pass"))
+    orphans = wait_gone(old_pids, timeout=10)
+    figure(f"death while idle: restarting {restarted - killed:.2f}s after the kill; "
+           f"orphans (ranks and their children): {len(orphans)}")
+    assert orphans == []
+
+
+# -- 3. partial failure, hung collective, second interrupt --------------------------------
+def test_hung_collective_is_diagnosed_and_a_second_interrupt_restarts(restarting, specs):
+    k = restarting(specs["torch"])
+    old_mux, old_pids = k.mux_pid, k.remember_pids()
+    msg_id = k.kc.execute("import torch\nif rank == 1:\n    raise ValueError('rank 1 broke')\n"
+                          "t = torch.ones(1)\ndist.all_reduce(t)  # rank 0 waits for rank 1\n")
+    seen: list[dict] = []
+
+    def stderr_with(text: str):
+        while True:
+            msg = k.kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            seen.append(msg)
+            if msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+                return msg["content"]["text"]
+
+    diagnosis = stderr_with("still running")
+    assert "rank 1 failed (ValueError: rank 1 broke)" in diagnosis
+    assert "rank 0 is still running" in diagnosis and "Interrupt" in diagnosis
+    k.call(k.km.interrupt_kernel())
+    notice = stderr_with("after the interrupt")
+    assert "rank 0 is still running" in notice and "Interrupt again" in notice
+    second = time.monotonic()
+    k.call(k.km.interrupt_kernel())
+    reply = k.kc.get_shell_msg(timeout=30)
+    ended = time.monotonic()
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert "rank 0 did not stop after an interrupt" in json.dumps(reply["content"])
+    k.wait_restarted(old_mux)
+    run = run_cell(k.kc, "import torch\nt = torch.ones(1)\ndist.all_reduce(t)\nprint(t.item())")
+    assert run.status == "ok", run.reply["content"]
+    assert run.stream_text().count("2.0") == 2
+    assert "did not stop after an interrupt" in stderr_of(run)
+    assert wait_gone(old_pids, timeout=10) == []
+    figure(f"second interrupt to cell error: {(ended - second) * 1000:.0f} ms; old ranks gone")
+
+
+def test_collective_timeout_bounds_a_collective_waiting_for_a_failed_rank(start_kernel, specs):
+    k = start_kernel(specs["ct5"])
+    started = time.monotonic()
+    run = run_cell(k.kc, "import torch\nif rank == 1:\n    raise ValueError('rank 1 broke')\n"
+                         "t = torch.ones(1)\ndist.all_reduce(t)\n", timeout=60)
+    took = time.monotonic() - started
+    assert run.status == "error"
+    assert sorted(run.reply["content"]["nbdist"]["failed_ranks"]) == [0, 1]
+    assert "still running" in stderr_of(run)  # the diagnosis came before the timeout
+    assert 4 < took < 20, took
+    # rank 0's collective failed by itself: the kernel is usable without a restart
+    assert run_cell(k.kc, "print('alive')").stream_text().count("alive") == 2
+    figure(f"collective_timeout=5: the hung collective failed after {took:.2f}s")
+
+
+# -- 4. start failures ----------------------------------------------------------------------
+def test_a_rank_that_cannot_import_fails_the_first_cell_with_its_stderr(start_kernel, specs):
+    k = start_kernel(specs["import_error"])
+    run = run_cell(k.kc, "print('never')", timeout=60)
+    content = run.reply["content"]
+    assert content["status"] == "error" and content["ename"] == "RankStartError"
+    assert "failed to start" in content["evalue"] and "exit code 1" in content["evalue"]
+    assert "libzmq.so.5: cannot open shared object file (nbdist test)" in content["evalue"]
+    assert "never" not in run.stream_text()
+    # the ranks are gone; the multiplexer stays to report the failure
+    assert wait_for(lambda: k.pids() == [k.mux_pid], 10, "the ranks to be gone")
+
+
+def test_start_timeout_fails_the_first_cell_naming_the_stuck_rank(start_kernel, specs):
+    k = start_kernel(specs["start_timeout"])
+    ranks = wait_for(lambda: [p for p in k.pids() if p != k.mux_pid], 10, "ranks to start")
+    run = run_cell(k.kc, "print('never')", timeout=60)
+    content = run.reply["content"]
+    assert content["ename"] == "RankStartError", content
+    assert "ranks [1] did not become ready within start_timeout=5s" in content["evalue"]
+    assert "rank 1 is stuck in sitecustomize" in content["evalue"]
+    assert wait_gone(ranks, timeout=10) == []
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    ({"nproc": 0}, "nproc"),
+    ({"backend": "mpi"}, "backend"),
+    ({"collective_timeout": -1}, "collective_timeout"),
+    ({"start_timeout": "soon"}, "start_timeout"),
+    ({"launcher": "no-such-launcher"}, "launcher"),
+    ({"nprocs": 4}, "nprocs"),
+])
+def test_bad_configuration_is_refused_naming_the_setting(kernel_prefix, config, named):
+    name = install_spec(kernel_prefix, f"nbdist-bad-{named}", 2, **config)
+    before = owned_children()
+    km = KernelManager(kernel_name=name)
+    with pytest.raises(ValueError, match=named):
+        km.start_kernel()
+    assert not km.has_kernel
+    assert owned_children() <= before
+
+
+# -- 5. no orphans ----------------------------------------------------------------------
+SPAWN_CHILD = ("import subprocess, sys\n"
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])")
+
+
+def test_restart_and_shutdown_take_the_ranks_children_down(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    run_cell(k.kc, SPAWN_CHILD)
+    before = k.pids()
+    assert len(before) == 5
+    k.km.restart_kernel(now=False)
+    k.kc.wait_for_ready(timeout=60)
+    orphans = wait_gone(before, timeout=10)
+    figure(f"orphans after restart (2 ranks + a child each): {len(orphans)}")
+    assert orphans == []
+    run_cell(k.kc, SPAWN_CHILD)
+    again = k.pids()
+    assert len(again) == 5
+    k.km.shutdown_kernel(now=False)
+    orphans = wait_gone(again, timeout=10)
+    figure(f"orphans after shutdown (2 ranks + a child each): {len(orphans)}")
+    assert orphans == []
+
+
+def test_sigkill_of_the_multiplexer_takes_the_ranks_children_down(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    run_cell(k.kc, SPAWN_CHILD)
+    pids = [p for p in k.pids() if p != k.mux_pid]
+    assert len(pids) == 4
+    killed = time.monotonic()
+    os.kill(k.mux_pid, signal.SIGKILL)
+    orphans = wait_gone(pids, timeout=10)
+    figure(f"SIGKILL of the multiplexer: orphans {len(orphans)}, all gone after "
+           f"{time.monotonic() - killed:.2f}s")
+    assert orphans == []
+
+
+OWNER = """
+import json, subprocess, sys
+from jupyter_client.manager import KernelManager
+sys.path.insert(0, {tests!r})
+from kernel_harness import process_tree, run_cell
+km = KernelManager(kernel_name="nbdist-test-2")
+km.start_kernel()
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+run_cell(kc, {spawn!r})
+print(json.dumps(process_tree(km.provisioner.pid)), flush=True)
+sys.stdin.read()  # until the test kills us
+"""
+
+
+def test_sigkill_of_the_kernel_manager_owner_leaves_nothing_behind():
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER.format(tests=str(REPO / "tests"), spawn=SPAWN_CHILD)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 5  # multiplexer, 2 ranks, a child of each
+        killed = time.monotonic()
+        owner.kill()
+        owner.wait()
+        orphans = wait_gone(pids, timeout=15)
+        figure(f"SIGKILL of the KernelManager's owner: orphans {len(orphans)}, all gone "
+               f"after {time.monotonic() - killed:.2f}s")
+        assert orphans == []
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
