@@ -73,7 +73,11 @@ class FrontendChannels:
                 self.dropped += 1
                 log.warning("dropped a bad message on %s: %s", channel, str(err)[:200])
                 continue
-            handler(channel, idents, msg)
+            try:
+                handler(channel, idents, msg)
+            except Exception:  # a bug of ours must not stop this socket's loop for good
+                log.exception("internal error handling %s on %s",
+                              msg["header"].get("msg_type"), channel)
 
     async def serve_subscriptions(self) -> None:
         """Greet every iopub subscriber (JEP 65) so clients know iopub is connected."""

@@ -131,7 +131,8 @@ class RankLink:
             try:
                 msg = self.read(frames)
             except Exception as err:  # a bad frame from a rank: log it, keep serving
-                log.warning("rank %d sent an unreadable %s message: %s", self.rank, channel, err)
+                log.warning("rank %d sent an unreadable %s message: %s (%d frames: %.300r)",
+                            self.rank, channel, err, len(frames), frames[:4])
                 continue
             if msg is None:
                 continue
@@ -142,7 +143,11 @@ class RankLink:
                 if not self._kernel_info.done():
                     self._kernel_info.set_result(msg)
                 continue
-            self._on_message(self.rank, channel, msg)
+            try:
+                self._on_message(self.rank, channel, msg)
+            except Exception:  # a bug of ours must not stop this rank's loop for good
+                log.exception("internal error handling rank %d %s on %s", self.rank,
+                              msg_type, channel)
 
     def close(self) -> None:
         for task in self._tasks:
