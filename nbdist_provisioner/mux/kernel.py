@@ -37,7 +37,8 @@ from .frontend import FrontendChannels
 from .kernel_info import kernel_info_content
 from .mux_magics import describe_shown, split_mux_magics
 from .outflow import DropDetector
-from .output import Out, OutputMerger
+from .output import OutputMerger
+from .publisher import FrontendPublisher
 from .rank_pool import RankPool, RankStartError
 from .requests import (
     FrontendRequest,
@@ -101,18 +102,14 @@ class Multiplexer:
         #: Why the previous multiplexer on this connection file restarted (shown once).
         self._restart_note = take_note(connection_file)
         self.comm_owner: dict[str, tuple[int, ...]] = {}
-        self._headers: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._exec_counts: dict[str, int] = {}
-        self._pub: list[Out] = []
-        self._pub_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
         self._notice_pending = True
         self._done = asyncio.Event()
         self._background: set[asyncio.Future[Any]] = set()
         self._late_logged: OrderedDict[str, None] = OrderedDict()
         self.exit_status = 0
         self.loop = asyncio.get_running_loop()
+        self.pub = FrontendPublisher(self.session, self.front, self.merger, self.loop)
 
     # -- lifecycle --------------------------------------------------------------
     async def run(self) -> int:
@@ -166,12 +163,12 @@ class Multiplexer:
 
     async def shutdown(self, req: FrontendRequest | None, graceful: bool = True) -> None:
         if req is not None:
-            self._publish_status("busy", req.header)
+            self.pub.status("busy", req.header)
         await self.pool.stop(graceful=graceful)
         if req is not None:
             restart = bool(req.content.get("restart", False))
-            self._reply(req, {"status": "ok", "restart": restart})
-            self._publish_status("idle", req.header)
+            self.pub.reply(req, {"status": "ok", "restart": restart})
+            self.pub.status("idle", req.header)
         self._done.set()
 
     def interrupt(self) -> None:
@@ -204,7 +201,7 @@ class Multiplexer:
     def _notice(self, req: FrontendRequest, text: str | None) -> None:
         """An nbdist message for the user, on stderr of the cell ``req``."""
         if text:
-            self._publish("stream", {"name": "stderr", "text": text}, req.header)
+            self.pub.publish("stream", {"name": "stderr", "text": text}, req.header)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -215,22 +212,23 @@ class Multiplexer:
     def _on_frontend(self, channel: str, idents: list[bytes], msg: dict[str, Any]) -> None:
         req = FrontendRequest(channel, idents, msg["header"], msg["content"], msg["metadata"],
                               buffers=list(msg.get("buffers") or []))
-        self._remember(req)
+        for forgotten in self.pub.remember(req):
+            self._exec_counts.pop(forgotten, None)  # (else one entry per cell, forever)
         t = req.msg_type
         if t == "kernel_info_request":
-            self._publish_status("busy", req.header)
-            self._reply(req, kernel_info_content(self.settings.nproc, self._language_info()))
-            self._publish_status("idle", req.header)
+            self.pub.status("busy", req.header)
+            self.pub.reply(req, kernel_info_content(self.settings.nproc, self._language_info()))
+            self.pub.status("idle", req.header)
         elif t == "execute_request" and channel == "shell":
             self.exec_queue.append(req)
             self._pump()
         elif t == "shutdown_request":
             self._spawn(self.shutdown(req))
         elif t == "interrupt_request":
-            self._publish_status("busy", req.header)
+            self.pub.status("busy", req.header)
             self.interrupt()
-            self._reply(req, {"status": "ok"})
-            self._publish_status("idle", req.header)
+            self.pub.reply(req, {"status": "ok"})
+            self.pub.status("idle", req.header)
         elif t in PRIMARY_REQUESTS:
             req.targets = (self.settings.primary_rank,)
             self._submit(req)
@@ -257,7 +255,7 @@ class Multiplexer:
             self.waiting.append(req)
 
     def _dispatch(self, req: FrontendRequest) -> None:
-        self._publish_status("busy", req.header)
+        self.pub.status("busy", req.header)
         failure = self._unavailable()
         if failure is not None:
             self._fail_now(req, *failure)
@@ -285,9 +283,9 @@ class Multiplexer:
         if content.get("store_history", not silent) and not silent:
             self.execution_count += 1
         self._exec_counts[req.msg_id] = self.execution_count
-        self._publish_status("busy", req.header)
+        self.pub.status("busy", req.header)
         if not silent:
-            self._publish("execute_input", {"code": code,
+            self.pub.publish("execute_input", {"code": code,
                                             "execution_count": self.execution_count}, req.header)
             self._publish_restart_note(req)
         failure = self._unavailable()
@@ -326,7 +324,7 @@ class Multiplexer:
             return
         rank, error = min(errors.items())
         where = "every rank" if len(errors) == self.settings.nproc else f"rank {rank}"
-        self._publish("stream", {"name": "stderr",
+        self.pub.publish("stream", {"name": "stderr",
                                  "text": f"[nbdist] torch.distributed is not set up on {where}: "
                                          f"{error}\n"}, req.header)
 
@@ -347,21 +345,21 @@ class Multiplexer:
     def _answer_alone(self, req: FrontendRequest, text: str) -> None:
         """End a cell that only held multiplexer magics: their output, ok, idle."""
         if not req.content.get("silent", False):
-            self._publish("stream", {"name": "stdout", "text": text}, req.header)
-        self._reply(req, {"status": "ok", "payload": [], "user_expressions": {},
+            self.pub.publish("stream", {"name": "stdout", "text": text}, req.header)
+        self.pub.reply(req, {"status": "ok", "payload": [], "user_expressions": {},
                           "execution_count": self._exec_counts.get(req.msg_id, 0)})
-        self._publish_status("idle", req.header)
+        self.pub.status("idle", req.header)
 
     def _fail_now(self, req: FrontendRequest, ename: str, evalue: str) -> None:
         """Answer a request that never reached the ranks, as an error."""
         error = {"ename": ename, "evalue": evalue, "traceback": [f"{ename}: {evalue}"]}
         count = self._exec_counts.get(req.msg_id, self.execution_count)
         if req.msg_type == "execute_request":
-            self._publish("error", error, req.header)
-            self._reply(req, {"status": "error", "execution_count": count, **error})
+            self.pub.publish("error", error, req.header)
+            self.pub.reply(req, {"status": "error", "execution_count": count, **error})
         elif req.msg_type not in COMM_MESSAGES:
-            self._reply(req, {"status": "error", **error})
-        self._publish_status("idle", req.header)
+            self.pub.reply(req, {"status": "error", **error})
+        self.pub.status("idle", req.header)
         if req.msg_type == "execute_request":
             self._abort_queue()
 
@@ -425,7 +423,7 @@ class Multiplexer:
         finished = self.table.finished_parent(parent_id)
         header = entry[0].header if entry else (finished[1] if finished else None)
         if header:
-            self._publish("stream", {"name": "stderr", "text": dropped.notice()}, header)
+            self.pub.publish("stream", {"name": "stderr", "text": dropped.notice()}, header)
 
     def _on_rank_iopub(self, rank: int, t: str, content: dict[str, Any], parent_id: str,
                        buffers: list[Any] | None = None) -> None:
@@ -436,7 +434,7 @@ class Multiplexer:
             if t == "status":
                 if content.get("execution_state") == "idle":
                     req.idle.add(rank)
-                    self._emit(self.merger.rank_finished(req.msg_id, rank, now))
+                    self.pub.emit(self.merger.rank_finished(req.msg_id, rank, now))
                     self._maybe_finish(req)
                 return
             key = req.msg_id
@@ -455,7 +453,7 @@ class Multiplexer:
             self.comm_owner[str(content.get("comm_id", ""))] = (rank,)
         elif t == "execute_result":
             content = {**content, "execution_count": self._exec_counts.get(key, 0)}
-        self._emit(self.merger.feed(rank, t, content, key, now, buffers))
+        self.pub.emit(self.merger.feed(rank, t, content, key, now, buffers))
 
     def _drop_late(self, rank: int, msg_type: str, request_id: str) -> None:
         """Output of a finished cell (a background thread of it): logged, once per cell."""
@@ -473,8 +471,8 @@ class Multiplexer:
             self._finish(req)
 
     def _finish(self, req: FrontendRequest) -> None:
-        self._emit(self.merger.finish(req.msg_id, self.loop.time()))
-        self._flush_pub()
+        self.pub.emit(self.merger.finish(req.msg_id, self.loop.time()))
+        self.pub.flush()
         t = req.msg_type
         if t == "execute_request":
             reply = merge_execute_reply(req, self._exec_counts.get(req.msg_id, 0))
@@ -488,8 +486,8 @@ class Multiplexer:
                 "status": "error", "ename": "RankDied", "evalue": req.dead.get(primary, ""),
                 "traceback": []}
         if reply is not None:
-            self._reply(req, reply)
-        self._publish_status("idle", req.header)
+            self.pub.reply(req, reply)
+        self.pub.status("idle", req.header)
         self.table.finish(req)
         self.faults.forget(req.msg_id)
         self._show_input(self.inputs.drop_request(req.msg_id))
@@ -505,9 +503,9 @@ class Multiplexer:
         """After an error, queued cells are aborted, as ipykernel does."""
         while self.exec_queue:
             req = self.exec_queue.popleft()
-            self._publish_status("busy", req.header)
-            self._reply(req, {"status": "aborted", "execution_count": self.execution_count})
-            self._publish_status("idle", req.header)
+            self.pub.status("busy", req.header)
+            self.pub.reply(req, {"status": "aborted", "execution_count": self.execution_count})
+            self.pub.status("idle", req.header)
 
     def _on_rank_exit(self, rank: int, description: str) -> None:
         """A rank died: end every cell now with the reason, then exit so Jupyter restarts us."""
@@ -528,7 +526,7 @@ class Multiplexer:
             if req.complete():
                 continue
             if req.msg_type == "execute_request":
-                self._publish("error", {
+                self.pub.publish("error", {
                     "ename": ename, "evalue": summary,
                     "traceback": [f"{ename}: {detail}",
                                   "The kernel restarts with all ranks; variables are lost."],
@@ -546,17 +544,15 @@ class Multiplexer:
     def _show_input(self, item: PendingInput | None) -> None:
         if item is None:
             return
-        header = self._headers.get(item.request_id)
         entry = next((r for r in self.table.requests() if r.msg_id == item.request_id), None)
-        if header is None or entry is None:
+        if entry is None:
             return
         content = dict(item.rank_msg["content"])
         # A prompt always says which rank asks, even with stream prefixes turned off.
         label = self.prefixes[item.rank] or (
             f"[rank {item.rank}] " if self.settings.nproc > 1 else "")
         content["prompt"] = label + str(content.get("prompt", ""))
-        self.session.send(self.front.out["stdin"], "input_request", content,
-                          parent=header, ident=entry.idents)
+        self.pub.send_input_request(entry, content)
 
     def _on_input_reply(self, req: FrontendRequest) -> None:
         answered, nxt = self.inputs.answer()
@@ -569,66 +565,8 @@ class Multiplexer:
                                 parent=answered.rank_msg["header"])
         self._show_input(nxt)
 
-    # -- publishing -------------------------------------------------------------
-    def _remember(self, req: FrontendRequest) -> None:
-        self._headers[req.msg_id] = req.header
-        while len(self._headers) > _HEADERS_KEPT:
-            forgotten, _ = self._headers.popitem(last=False)
-            self._exec_counts.pop(forgotten, None)  # (else one entry per cell, forever)
-
     def _language_info(self) -> dict[str, Any] | None:
         if not self.ready:
             return None
         link = self.pool.ranks[self.settings.primary_rank].link
         return link.kernel_info.get("language_info") if link else None
-
-    def _reply(self, req: FrontendRequest, content: dict[str, Any]) -> None:
-        msg_type = req.msg_type.replace("_request", "_reply")
-        self.session.send(self.front.out[req.channel], msg_type, content,
-                          parent=req.header, ident=req.idents)
-
-    def _publish(self, msg_type: str, content: dict[str, Any], parent: dict[str, Any]) -> None:
-        self._flush_pub()
-        self.session.send(self.front.out["iopub"], msg_type, content, parent=parent)
-
-    def _publish_status(self, state: str, parent: dict[str, Any]) -> None:
-        self._publish("status", {"execution_state": state}, parent)
-
-    def _emit(self, outs: list[Out]) -> None:
-        """Queue outputs; ones queued in the same loop turn go out coalesced."""
-        if outs:
-            for out in outs:
-                last = self._pub[-1] if self._pub else None
-                if (last is not None and out.msg_type == "stream" and last.msg_type == "stream"
-                        and last.parent == out.parent
-                        and last.content["name"] == out.content["name"]):
-                    self._pub[-1] = Out(out.parent, "stream", {
-                        "name": out.content["name"],
-                        "text": last.content["text"] + out.content["text"]})
-                else:
-                    self._pub.append(out)
-            if not self._pub_scheduled:
-                self._pub_scheduled = True
-                self.loop.call_soon(self._flush_pub)
-        self._schedule_tick()
-
-    def _flush_pub(self) -> None:
-        self._pub_scheduled = False
-        pub, self._pub = self._pub, []
-        sock = self.front.out["iopub"]
-        for out in pub:
-            self.session.send(sock, out.msg_type, out.content,
-                              parent=self._headers.get(out.parent, {}), buffers=out.buffers)
-
-    def _schedule_tick(self) -> None:
-        deadline = self.merger.next_deadline()
-        if deadline is None or deadline >= self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_tick)
-
-    def _on_tick(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        self._emit(self.merger.tick(self.loop.time()))
