@@ -146,3 +146,20 @@ def test_sigkill_of_the_multiplexer_takes_the_ranks_down(start_kernel):
     assert len(ranks) == 2
     os.kill(k.mux_pid, signal.SIGKILL)
     assert wait_gone(ranks, timeout=10) == []
+
+
+def test_rank_connection_files_are_fresh_per_start_and_removed(start_kernel):
+    """ipykernel loads an existing connection file (key, ports); its default name,
+    kernel-<pid>.json, is left behind by every killed kernel. A rank whose pid was
+    reused would sign with a stale key, and the kernel's first cell would hang."""
+    k = start_kernel("nbdist-test-2")
+    run = run_cell(k.kc, "from ipykernel.kernelapp import IPKernelApp\n"
+                         "print(IPKernelApp.instance().abs_connection_file)")
+    paths = [line.split("] ", 1)[1] for line in run.stream_text().splitlines()]
+    assert len(set(paths)) == 2
+    folder = os.path.dirname(paths[0])
+    assert all(os.path.dirname(p) == folder for p in paths)
+    assert os.path.basename(folder).startswith("nbdist-ranks-")
+    assert all(os.path.exists(p) for p in paths)
+    k.km.shutdown_kernel(now=False)
+    assert not os.path.exists(folder)

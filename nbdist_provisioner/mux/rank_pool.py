@@ -10,8 +10,10 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +81,11 @@ class RankPool:
         self._watchers: list[asyncio.Task[None]] = []
         self._ready: set[int] = set()
         self.stopping = False
+        # Each rank's connection file lives here, new for every start: ipykernel *loads*
+        # an existing connection file (its key and ports), and its default name,
+        # kernel-<pid>.json, is left behind by every killed kernel, so a reused pid would
+        # make a rank sign with a stale key that nothing here can verify.
+        self.rundir = tempfile.mkdtemp(prefix="nbdist-ranks-")
 
     def rank_env(self, rank: int, master_port: int, handshake: str, key: bytes) -> dict[str, str]:
         s = self.settings
@@ -98,6 +105,7 @@ class RankPool:
             handshake_addr=handshake, parent_pid=os.getpid(), bind_ip=self.launcher.bind_ip,
             init_process_group=s.init_process_group, backend=s.backend,
             collective_timeout=s.collective_timeout, keep_history=rank == s.primary_rank,
+            connection_file=os.path.join(self.rundir, f"rank-{rank}.json"),
         ).to_json()
         return env
 
@@ -236,3 +244,4 @@ class RankPool:
                 st.link.close()
         for w in self._watchers:
             w.cancel()
+        shutil.rmtree(self.rundir, ignore_errors=True)

@@ -63,6 +63,8 @@ def main() -> None:
     cfg.Session.key = key
     cfg.IPKernelApp.ip = config.bind_ip
     cfg.IPKernelApp.parent_handle = 0
+    if config.connection_file:
+        cfg.IPKernelApp.connection_file = config.connection_file
     cfg.HistoryManager.enabled = config.keep_history
     cfg.IPKernelApp.quiet = False  # keep stderr echoed to the launcher's pipe (see below)
     cfg.InteractiveShellApp.extensions = ["nbdist_provisioner.rank.extension"]

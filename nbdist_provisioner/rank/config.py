@@ -25,6 +25,8 @@ class RankConfig:
     #: Only the primary rank answers history requests; the others skip the sqlite
     #: writes (about a third of an idle cell's CPU in a kernel).
     keep_history: bool = True
+    #: Where this rank's kernel writes its connection file: a fresh path (never loaded).
+    connection_file: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
