@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,23 +37,26 @@ class CellRun:
         return str(self.reply["content"]["status"])
 
 
+def iopub_until(kc: Any, timeout: float) -> Iterator[dict[str, Any]]:
+    """iopub messages as they arrive, until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            yield kc.get_iopub_msg(timeout=left)
+        except queue.Empty:
+            continue
+
+
 def collect_until_idle(kc: Any, msg_id: str, timeout: float = 120) -> list[dict[str, Any]]:
     """iopub messages of ``msg_id`` up to and including its idle; others are kept aside."""
     got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"no idle for {msg_id} within {timeout}s; saw {got}")
-        try:
-            msg = kc.get_iopub_msg(timeout=remaining)
-        except queue.Empty:
-            continue
+    for msg in iopub_until(kc, timeout):
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         got.append(msg)
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             return got
+    raise TimeoutError(f"no idle for {msg_id} within {timeout}s; saw {got}")
 
 
 def drain_iopub(kc: Any, quiet: float = 0.3) -> list[dict[str, Any]]:

@@ -6,13 +6,12 @@ interrupt in the middle never put output into the wrong cell or after its ``idle
 
 from __future__ import annotations
 
-import queue
 import time
 from typing import Any
 
 import pytest
 
-from kernel_harness import drain_iopub, run_cell
+from kernel_harness import drain_iopub, iopub_until, run_cell
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +31,10 @@ def collect_all(kc: Any, ids: list[str], timeout: float = 120,
     """
     got = list(got or [])
     idle = {m["parent_header"].get("msg_id") for m in got if is_idle(m)} & set(ids)
-    deadline = time.monotonic() + timeout
+    messages = iopub_until(kc, timeout)
     while idle != set(ids):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no idle for {set(ids) - idle}"
-        try:
-            msg = kc.get_iopub_msg(timeout=left)
-        except queue.Empty:
-            continue
+        msg = next(messages, None)
+        assert msg is not None, f"no idle for {set(ids) - idle}"
         got.append(msg)
         if is_idle(msg) and msg["parent_header"].get("msg_id") in ids:
             idle.add(msg["parent_header"]["msg_id"])

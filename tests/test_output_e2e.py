@@ -8,10 +8,8 @@ matplotlib, ``%%rank``, ``%rank_output``, the ``output_ranks`` setting, ``%dist_
 
 from __future__ import annotations
 
-import queue
 import re
 import socket
-import time
 from typing import Any
 
 import nbformat
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
-from kernel_harness import CellRun, collect_until_idle, run_cell
+from kernel_harness import CellRun, collect_until_idle, iopub_until, run_cell
 
 _PREFIX = re.compile(r"^\[rank (\d+)\] (.*)$")
 
@@ -54,14 +52,10 @@ def by_rank(text: str) -> dict[int, list[str]]:
 def wait_for_stream(kc: Any, msg_id: str, done: Any, timeout: float = 60) -> str:
     """Stream text of ``msg_id`` received until ``done(text)``; fails on the cell's idle."""
     text = ""
-    deadline = time.monotonic() + timeout
+    messages = iopub_until(kc, timeout)
     while not done(text):
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out; stream so far: {text!r}"
-        try:
-            msg = kc.get_iopub_msg(timeout=left)
-        except queue.Empty:
-            continue
+        msg = next(messages, None)
+        assert msg is not None, f"timed out; stream so far: {text!r}"
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
         assert not (msg["msg_type"] == "status"
