@@ -75,6 +75,18 @@ class _Ledger:
         return not self.overflow
 
 
+def append_coalesced(queue: list[Out], out: Out) -> None:
+    """Append ``out``; stream text right after stream text of the same cell and name
+    joins that message, so a burst of lines goes out as one message."""
+    last = queue[-1] if queue else None
+    if (last is not None and out.msg_type == "stream" and last.msg_type == "stream"
+            and last.parent == out.parent and last.content["name"] == out.content["name"]):
+        queue[-1] = Out(out.parent, "stream", {"name": out.content["name"],
+                                               "text": last.content["text"] + out.content["text"]})
+    else:
+        queue.append(out)
+
+
 @dataclass
 class _Progress:
     display_id: str
@@ -161,14 +173,8 @@ class OutputMerger:
     def _add_streams(self, chunks: list[Any]) -> None:
         for chunk in chunks:
             self._record_stream(chunk.parent, chunk.rank, chunk.name, chunk.text)
-            last = self._out[-1] if self._out else None
-            if (last is not None and last.msg_type == "stream" and last.parent == chunk.parent
-                    and last.content["name"] == chunk.name):
-                self._out[-1] = Out(last.parent, "stream",
-                                    {"name": chunk.name, "text": last.content["text"] + chunk.text})
-            else:
-                self._out.append(
-                    Out(chunk.parent, "stream", {"name": chunk.name, "text": chunk.text}))
+            append_coalesced(self._out, Out(chunk.parent, "stream",
+                                            {"name": chunk.name, "text": chunk.text}))
 
     def _add_rich(self, outs: list[Any]) -> None:
         for o in outs:

@@ -15,7 +15,7 @@ from typing import Any
 from jupyter_client.session import Session
 
 from .frontend import FrontendChannels
-from .output import Out, OutputMerger
+from .output import Out, OutputMerger, append_coalesced
 from .requests import FrontendRequest
 
 #: How many frontend request headers are kept for parenting late output.
@@ -66,15 +66,7 @@ class FrontendPublisher:
     def emit(self, outs: list[Out]) -> None:
         """Queue merged outputs; ones queued in the same loop turn go out coalesced."""
         for out in outs:
-            last = self._queue[-1] if self._queue else None
-            if (last is not None and out.msg_type == "stream" and last.msg_type == "stream"
-                    and last.parent == out.parent
-                    and last.content["name"] == out.content["name"]):
-                self._queue[-1] = Out(out.parent, "stream", {
-                    "name": out.content["name"],
-                    "text": last.content["text"] + out.content["text"]})
-            else:
-                self._queue.append(out)
+            append_coalesced(self._queue, out)
         if outs and not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
