@@ -38,7 +38,7 @@ from .kernel_info import kernel_info_content
 from .mux_magics import describe_shown, split_mux_magics
 from .outflow import DropDetector
 from .output import OutputMerger
-from .publisher import FrontendPublisher
+from .publisher import HEADERS_KEPT, FrontendPublisher
 from .rank_pool import RankPool, RankStartError
 from .requests import (
     FrontendRequest,
@@ -61,7 +61,6 @@ LATE_FORWARDED = (*COMM_MESSAGES, "update_display_data")
 #: could not stop a cell (Jupyter's restarter then starts a fresh one).
 EXIT_RANK_DIED = 3
 PARENT_POLL_SECONDS = 0.5
-_HEADERS_KEPT = 1024
 
 
 class Multiplexer:
@@ -391,25 +390,33 @@ class Multiplexer:
                 self._show_input(shown)
             return
         req.replies[rank] = msg["content"]
-        if rank not in req.idle:
-            self.loop.call_later(IDLE_PROBE_AFTER, self._probe_idle, req, rank)
+        if len(req.replies) == len(req.targets) and not req.complete():
+            # Every rank replied but some idle is missing: one check for the request
+            # (not a timer per rank and reply, on the per-message path).
+            self.loop.call_later(IDLE_PROBE_AFTER, self._probe_idles, req)
         if (req is self.active and msg["content"].get("status") == "error"
                 and self.faults.rank_failed(req)):
             self.loop.call_later(PARTIAL_FAILURE_GRACE, self._check_partial_failure, req)
         self._maybe_finish(req)
 
-    def _probe_idle(self, req: FrontendRequest, rank: int) -> None:
-        """``rank`` replied but its iopub idle has not come: ZMQ may have dropped it (the
-        rank's output queue overflowed). A request on its control channel makes the rank
+    def _probe_idles(self, req: FrontendRequest) -> None:
+        """Ranks replied but their iopub idle has not come: ZMQ may have dropped it (the
+        rank's output queue overflowed). A request on a rank's control channel makes it
         publish busy/idle behind everything it published before; that idle then counts
         as the request's own (and its stamp reports what was lost)."""
-        rank_msg_id = req.rank_msg_ids.get(rank, "")
-        if (rank in req.idle or self.table.live(rank_msg_id) is None
-                or self.restart_reason is not None or not self.pool.alive(rank)):
+        if req.complete() or self.restart_reason is not None:
             return
-        probe = self.pool.link(rank).send("control", "kernel_info_request", {})
-        self._probes[probe] = rank_msg_id
-        self.loop.call_later(IDLE_PROBE_AFTER, self._probe_idle, req, rank)
+        waiting = False
+        for rank in req.targets:
+            rank_msg_id = req.rank_msg_ids.get(rank, "")
+            if (req.rank_done(rank) or self.table.live(rank_msg_id) is None
+                    or not self.pool.alive(rank)):
+                continue
+            probe = self.pool.link(rank).send("control", "kernel_info_request", {})
+            self._probes[probe] = rank_msg_id
+            waiting = True
+        if waiting:
+            self.loop.call_later(IDLE_PROBE_AFTER, self._probe_idles, req)
 
     def _check_dropped(self, rank: int, msg: dict[str, Any], parent_id: str) -> None:
         """Tell the cell when ZMQ dropped output of ``rank`` before it reached us."""
@@ -460,7 +467,7 @@ class Multiplexer:
         if request_id in self._late_logged:
             return
         self._late_logged[request_id] = None
-        while len(self._late_logged) > _HEADERS_KEPT:
+        while len(self._late_logged) > HEADERS_KEPT:
             self._late_logged.popitem(last=False)
         log.warning("rank %d: %s for request %s after its idle (a background thread of a "
                     "finished cell?) is not shown; further late output of that cell is dropped "
