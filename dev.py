@@ -2,7 +2,7 @@
 """Set up everything and run the main job or the tests. Needs only Python 3.10+ and pip.
 
     python3 dev.py demo    # venv, install, 4-rank notebook with live output in the terminal
-    python3 dev.py test    # venv, install, ruff, the test suite
+    python3 dev.py test    # venv, install, ruff, mypy on the request core, the test suite
     python3 dev.py bench   # venv, install (+ bench peers), benchmark table
 
 The venv lives in .venv and is reused; dependencies are reinstalled only when
@@ -55,6 +55,7 @@ def demo() -> int:
 def test(args: list[str]) -> int:
     setup()
     sh(PY, "-m", "ruff", "check", "nbdist_provisioner", "tests", "bench", "dev.py")
+    sh(PY, "-m", "mypy", "--strict", "nbdist_provisioner/mux/core")
     return subprocess.call([str(PY), "-m", "pytest", "-q", *args], cwd=ROOT)
 
 

@@ -14,7 +14,7 @@ def bench_merge_core() -> float | None:
     """Merged lines per second (an exception renders as "failed: ..." in the report)."""
     import time
 
-    from nbdist_provisioner.mux.output import OutputMerger
+    from nbdist_provisioner.mux.core.output.merger import OutputMerger
 
     ranks, lines_per_msg, messages = 4, 50, 20_000
     merger = OutputMerger({r: f"[rank {r}] " for r in range(ranks)})

@@ -1,21 +1,28 @@
-"""The settings one multi-rank kernel start runs with.
+"""The settings of one multi-rank kernel start, each declared once.
 
-The provisioner resolves them (kernel.json > jupyter config > ``NBDIST_*``
-environment > defaults), validates them, and hands them to the multiplexer as
-JSON in one environment variable, so both sides agree on one typed record.
+Every setting is one field of ``KernelSettings`` (name, type, default, help,
+check); from these declarations come the provisioner's traitlets
+(``c.MultiRankProvisioner.<name>``), the ``NBDIST_<NAME>`` environment
+variables that give their defaults, the JSON record the multiplexer receives,
+and the README's settings table (``settings_table()``, checked by a test).
+
+Precedence, resolved by the provisioner: kernel.json
+``metadata.kernel_provisioner.config`` > Jupyter config > ``NBDIST_*`` > default.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
-from .ranks import RankSpecError, parse_rank_spec
+from .rankset import RankSetError, parse_rank_set
 
 #: The environment variable carrying the JSON settings to the multiplexer.
 SETTINGS_ENV = "NBDIST_KERNEL_SETTINGS"
+ENV_PREFIX = "NBDIST_"
 
 BACKENDS = ("auto", "gloo", "nccl")
 MAX_NPROC = 1024
@@ -25,63 +32,114 @@ class SettingsError(ValueError):
     """A setting with a bad value; the message names the setting and what is accepted."""
 
 
+Check = Callable[[Any, "KernelSettings"], None]
+
+
+def setting(default: Any, help: str, check: Check | None = None, kind: type = str,
+            choices: tuple[str, ...] = ()) -> Any:
+    """Declare one setting: a dataclass field that carries its help text and check."""
+    meta = {"help": help, "check": check, "kind": kind, "choices": choices}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# -- checks ----------------------------------------------------------------------------
+def _integer(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{name} must be an integer, got {value!r}")
+
+
+def _check_nproc(value: Any, _s: KernelSettings) -> None:
+    _integer("nproc", value)
+    if not 1 <= value <= MAX_NPROC:
+        raise SettingsError(f"nproc must be between 1 and {MAX_NPROC}, got {value}")
+
+
+def _check_launcher(value: Any, _s: KernelSettings) -> None:
+    if not isinstance(value, str) or not value:
+        raise SettingsError(f"launcher must be a launcher name, got {value!r}")
+
+
+def _check_backend(value: Any, _s: KernelSettings) -> None:
+    if value not in BACKENDS:
+        raise SettingsError(f"backend must be one of {', '.join(BACKENDS)}, got {value!r}")
+
+
+def _check_env(value: Any, _s: KernelSettings) -> None:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SettingsError(f"env must map names to string values, got {value!r}")
+
+
+def _check_primary(value: Any, s: KernelSettings) -> None:
+    _integer("primary_rank", value)
+    if not 0 <= value < s.nproc:
+        raise SettingsError(f"primary_rank must be a rank of this kernel (0-{s.nproc - 1}), "
+                            f"got {value}")
+
+
+def _check_prefix(value: Any, _s: KernelSettings) -> None:
+    try:
+        value.format(rank=0, local_rank=0, host="h", world_size=1)
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
+        raise SettingsError(
+            f"stream_prefix {value!r} is not a valid template "
+            f"(fields: {{rank}}, {{local_rank}}, {{host}}, {{world_size}}): {err}") from None
+
+
+def _check_output_ranks(value: Any, s: KernelSettings) -> None:
+    try:
+        parse_rank_set(value, s.nproc)
+    except RankSetError as err:
+        raise SettingsError(f"output_ranks: {err}") from None
+
+
+def _seconds(name: str) -> Check:
+    def check(value: Any, _s: KernelSettings) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise SettingsError(f"{name} must be a positive number of seconds, got {value!r}")
+    return check
+
+
 @dataclass(frozen=True)
 class KernelSettings:
     """Everything the multiplexer needs to start and serve N ranks."""
 
-    nproc: int = 2
-    launcher: str = "local"
-    backend: str = "auto"
-    init_process_group: bool = True
-    env: dict[str, str] = field(default_factory=dict)
-    primary_rank: int = 0
-    stream_prefix: str = "[rank {rank}] "
-    output_ranks: str = "all"
-    collective_timeout: float = 300.0
-    start_timeout: float = 120.0
-    master_addr: str = "127.0.0.1"
+    nproc: int = setting(2, "Number of ranks (one IPython kernel each), 1-1024.",
+                         _check_nproc, int)
+    launcher: str = setting(
+        "local", "How ranks are started: `local` (subprocesses on this host) or a launcher "
+                 "registered in the `nbdist_provisioner.launchers` entry-point group.",
+        _check_launcher)
+    backend: str = setting(
+        "auto", "torch.distributed backend: `auto` (nccl when every rank has a GPU of its "
+                "own, else gloo), `gloo` or `nccl`.", _check_backend, choices=BACKENDS)
+    init_process_group: bool = setting(
+        True, "Initialise torch.distributed on every rank before the first cell.", kind=bool)
+    env: dict[str, str] = setting({}, "Extra environment variables for every rank "
+                                      "(a JSON object in the environment variable).",
+                                  _check_env, dict)
+    primary_rank: int = setting(0, "The rank that answers completion, inspection and "
+                                   "history requests.", _check_primary, int)
+    stream_prefix: str = setting(
+        "[rank {rank}] ", "Label put before every output line; fields `{rank}`, "
+                          "`{local_rank}`, `{host}`, `{world_size}`; empty turns labels off.",
+        _check_prefix)
+    output_ranks: str = setting(
+        "all", "Whose output is shown: `all`, or ranks like `0`, `0,2`, `1-3` (errors of "
+               "every rank are always shown).", _check_output_ranks)
+    collective_timeout: float = setting(
+        300.0, "Seconds a torch.distributed collective may wait before it fails.",
+        _seconds("collective_timeout"), float)
+    start_timeout: float = setting(120.0, "Seconds all ranks get to start and report ready.",
+                                   _seconds("start_timeout"), float)
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Refuse bad values with a message a user can act on."""
-        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int):
-            raise SettingsError(f"nproc must be an integer, got {self.nproc!r}")
-        if not 1 <= self.nproc <= MAX_NPROC:
-            raise SettingsError(f"nproc must be between 1 and {MAX_NPROC}, got {self.nproc}")
-        if self.backend not in BACKENDS:
-            raise SettingsError(
-                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
-            )
-        if not isinstance(self.launcher, str) or not self.launcher:
-            raise SettingsError(f"launcher must be a launcher name, got {self.launcher!r}")
-        if not isinstance(self.env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
-        ):
-            raise SettingsError(f"env must map names to string values, got {self.env!r}")
-        if isinstance(self.primary_rank, bool) or not isinstance(self.primary_rank, int):
-            raise SettingsError(f"primary_rank must be an integer, got {self.primary_rank!r}")
-        if not 0 <= self.primary_rank < self.nproc:
-            raise SettingsError(
-                f"primary_rank must be a rank of this kernel (0-{self.nproc - 1}), "
-                f"got {self.primary_rank}"
-            )
-        try:
-            self.stream_prefix.format(rank=0, local_rank=0, host="h", world_size=1)
-        except (KeyError, IndexError, ValueError, AttributeError) as err:
-            raise SettingsError(
-                f"stream_prefix {self.stream_prefix!r} is not a valid template "
-                f"(fields: {{rank}}, {{local_rank}}, {{host}}, {{world_size}}): {err}"
-            ) from None
-        try:
-            parse_rank_spec(self.output_ranks, self.nproc)
-        except RankSpecError as err:
-            raise SettingsError(f"output_ranks: {err}") from None
-        for name in ("collective_timeout", "start_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise SettingsError(f"{name} must be a positive number of seconds, got {value!r}")
+        for f in declared():
+            check = f.metadata["check"]
+            if check is not None:
+                check(getattr(self, f.name), self)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -94,7 +152,7 @@ class KernelSettings:
             raise SettingsError(f"{SETTINGS_ENV} is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise SettingsError(f"{SETTINGS_ENV} must hold a JSON object")
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f.name for f in declared()}
         unknown = set(data) - known
         if unknown:
             raise SettingsError(f"unknown settings {sorted(unknown)}; known: {sorted(known)}")
@@ -103,11 +161,38 @@ class KernelSettings:
     @classmethod
     def from_environ(cls, environ: dict[str, str] | None = None) -> KernelSettings:
         """Read the record the provisioner left for this multiplexer."""
-        environ = os.environ if environ is None else environ
+        environ = dict(os.environ) if environ is None else environ
         text = environ.get(SETTINGS_ENV)
         if text is None:
             return cls()
         return cls.from_json(text)
+
+
+def declared() -> Iterator[Field[Any]]:
+    """The settings, in declaration order."""
+    return iter(fields(KernelSettings))
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def default_of(f: Field[Any]) -> Any:
+    if callable(f.default_factory):  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
+def default_from_env(f: Field[Any], environ: dict[str, str] | None = None) -> Any:
+    """The setting's default: its ``NBDIST_*`` variable if set, else the declared one."""
+    environ = dict(os.environ) if environ is None else environ
+    raw = environ.get(env_var(f.name))
+    if raw is None:
+        return default_of(f)
+    value = parse_env_value(env_var(f.name), raw, f.metadata["kind"])
+    if f.metadata["choices"]:
+        value = str(value).lower()
+    return value
 
 
 def parse_env_value(name: str, raw: str, kind: type) -> Any:
@@ -134,3 +219,15 @@ def parse_env_value(name: str, raw: str, kind: type) -> Any:
         return kind(text)
     except ValueError as err:
         raise SettingsError(f"environment variable {name}={raw!r} is invalid: {err}") from None
+
+
+def settings_table() -> str:
+    """The README's settings table, made from the declarations."""
+    rows = ["| setting | env | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in declared():
+        default = default_of(f)
+        shown = json.dumps(default) if isinstance(default, (dict, bool)) else str(default)
+        if isinstance(default, float):
+            shown = f"{default:g}"
+        rows.append(f"| `{f.name}` | `{env_var(f.name)}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"

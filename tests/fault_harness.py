@@ -70,6 +70,9 @@ class RestartingKernel:
         self.km: AsyncIOLoopKernelManager = self.call(self._start(kernel_name, start_kw))
         self.kc = BlockingKernelClient()
         self.kc.load_connection_info(self.km.get_connection_info())
+        # This client knows the kernel by its heartbeat alone; 1 s without a pong (a
+        # loaded 2-core machine starting N ranks) would make wait_for_ready call it dead.
+        self.kc.hb_channel.time_to_dead = 5.0
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=120)
         self.remember_pids()

@@ -69,13 +69,19 @@ def drain_iopub(kc: Any, quiet: float = 0.3) -> list[dict[str, Any]]:
             return got
 
 
-def run_cell(kc: Any, code: str, timeout: float = 120, **kwargs: Any) -> CellRun:
-    msg_id = kc.execute(code, **kwargs)
-    iopub = collect_until_idle(kc, msg_id, timeout)
+def reply_to(kc: Any, msg_id: str, timeout: float = 120) -> dict[str, Any]:
+    """The shell reply to ``msg_id`` (replies to earlier requests, such as the extra
+    kernel_info requests of ``wait_for_ready``, are skipped)."""
     reply = kc.get_shell_msg(timeout=timeout)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=timeout)
-    return CellRun(msg_id, reply, iopub)
+    return dict(reply)
+
+
+def run_cell(kc: Any, code: str, timeout: float = 120, **kwargs: Any) -> CellRun:
+    msg_id = kc.execute(code, **kwargs)
+    iopub = collect_until_idle(kc, msg_id, timeout)
+    return CellRun(msg_id, reply_to(kc, msg_id, timeout), iopub)
 
 
 def process_tree(pid: int) -> list[int]:

@@ -16,12 +16,15 @@ from jupyter_client.provisioning import KernelProvisionerFactory
 from traitlets.config import Config, LoggingConfigurable
 
 from nbdist_provisioner.provisioner import MultiRankProvisioner, ProvisionerConfigError
-from nbdist_provisioner.ranks import RankSpecError, format_ranks, parse_rank_spec
+from nbdist_provisioner.rankset import RankSetError, format_ranks, parse_rank_set
 from nbdist_provisioner.settings import (
     SETTINGS_ENV,
     KernelSettings,
     SettingsError,
+    declared,
+    env_var,
     parse_env_value,
+    settings_table,
 )
 
 BIN = Path(sys.executable).parent
@@ -246,8 +249,8 @@ def test_bad_kernel_json_config_is_refused_naming_it(clean_env, kwargs, says):
     ("all", (0, 1, 2, 3)), ("*", (0, 1, 2, 3)), ("0", (0,)), ("0,2", (0, 2)),
     ("1-3", (1, 2, 3)), (" 3, 0-1 ", (0, 1, 3)), ("2,2,1-2", (1, 2)),
 ])
-def test_parse_rank_spec(spec, ranks):
-    assert parse_rank_spec(spec, 4) == ranks
+def test_parse_rank_set(spec, ranks):
+    assert parse_rank_set(spec, 4) == ranks
 
 
 @pytest.mark.parametrize("spec, says", [
@@ -255,9 +258,9 @@ def test_parse_rank_spec(spec, ranks):
     ("3-1", "start is after end"), ("4", "outside this kernel's ranks 0-3"),
     ("0,,1", "bad rank ''"),
 ])
-def test_parse_rank_spec_errors(spec, says):
-    with pytest.raises(RankSpecError) as info:
-        parse_rank_spec(spec, 4)
+def test_parse_rank_set_errors(spec, says):
+    with pytest.raises(RankSetError) as info:
+        parse_rank_set(spec, 4)
     assert says in str(info.value)
 
 
@@ -270,4 +273,26 @@ def test_format_ranks_examples():
 @given(st.sets(st.integers(min_value=0, max_value=63), min_size=1))
 def test_format_then_parse_round_trips(ranks):
     text = format_ranks(sorted(ranks))
-    assert parse_rank_spec(text, 64) == tuple(sorted(ranks))
+    assert parse_rank_set(text, 64) == tuple(sorted(ranks))
+
+
+# --- one declaration per setting ----------------------------------------------------------
+
+
+def test_readme_settings_table_is_made_from_the_declarations():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert settings_table() in readme, "README's settings table is stale:\n" + settings_table()
+
+
+def test_every_declared_setting_is_a_configurable_trait_with_its_help_and_env():
+    traits = MultiRankProvisioner.class_traits(config=True)
+    for f in declared():
+        assert f.name in traits, f.name
+        assert f.metadata["help"] in traits[f.name].help
+        assert env_var(f.name) in traits[f.name].help
+
+
+def test_the_kernels_folder_holds_the_packaged_kernelspec_template():
+    repo = Path(__file__).resolve().parent.parent
+    packaged = json.loads((repo / "nbdist_provisioner" / "kernelspec" / "kernel.json").read_text())
+    assert json.loads((repo / "kernels" / "multi-rank" / "kernel.json").read_text()) == packaged

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from kernel_harness import run_cell
+from kernel_harness import collect_until_idle, run_cell
 
 CHANNELS = ("shell", "control", "stdin")
 #: Examples (one message each); about 10 s of CI time.
@@ -66,8 +66,11 @@ class Wire:
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def sync(self, timeout: float = 30) -> None:
-        """A valid kernel_info_request on every port, answered: all sent before is handled."""
+        """A valid kernel_info_request on the request ports, answered: all sent before on
+        them is handled (stdin carries no requests; ``assert_still_serving`` checks it)."""
         for ch, sock in self.sockets.items():
+            if ch == "stdin":
+                continue
             msg = self.session.send(sock, "kernel_info_request", {})
             deadline = time.monotonic() + timeout
             while True:
@@ -98,9 +101,18 @@ def assert_still_serving(k, wire: Wire, log: Path) -> None:
     wire.sync()
     try:
         run = run_cell(k.kc, "print('still here')", timeout=60)
+        # stdin still works: a prompt of each rank, answered
+        msg_id = k.kc.execute("print(input('still? '))", allow_stdin=True)
+        for _ in range(2):
+            prompt = k.kc.get_stdin_msg(timeout=60)
+            assert prompt["parent_header"]["msg_id"] == msg_id
+            k.kc.input("yes")
+        answered = collect_until_idle(k.kc, msg_id, timeout=60)
     except TimeoutError as err:
         raise AssertionError(f"{err}\nmux log tail:\n{log.read_text()[-4000:]}") from None
     assert run.status == "ok" and run.stream_text().count("still here") == 2
+    assert "".join(m["content"]["text"] for m in answered
+                   if m["msg_type"] == "stream").count("yes") == 2
     assert list(wire.markers.iterdir()) == [], "a bad message ran code"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbdist_provisioner.mux.output import OutputMerger
-from nbdist_provisioner.mux.rich import RichMerger, namespaced_display_id
+from nbdist_provisioner.mux.core.output.merger import OutputMerger
+from nbdist_provisioner.mux.core.output.rich import RichMerger, namespaced_display_id
 
 PREFIXES = {r: f"[rank {r}] " for r in range(4)}
 

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbdist_provisioner.mux.streams import (
+from nbdist_provisioner.mux.core.output.streams import (
     MAX_PENDING,
     StreamMerger,
     StreamText,

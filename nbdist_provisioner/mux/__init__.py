@@ -1,6 +1,7 @@
 """The multiplexer: the one kernel the frontend sees, fronting N rank kernels.
 
-``streams``, ``rich`` and ``output`` are the sans-I/O merge core (events in,
-messages out, time passed in); ``requests`` tracks frontend requests across
-ranks; ``rank_link``, ``frontend`` and ``kernel`` are the thin socket shell.
+``core/`` is the sans-I/O request core (events in, effects out, time passed in):
+``kernel.KernelCore`` and the pure pieces it composes, with the output merge in
+``core/output/``. ``shell/`` is the thin I/O around it: bound frontend sockets,
+rank links, rank processes, timers (``shell.runner.Multiplexer``).
 """

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nbdist: bad settings: {err}", file=sys.stderr)
         return 2
 
-    from .kernel import Multiplexer
+    from .shell.runner import Multiplexer
 
     async def run() -> int:
         mux = Multiplexer(args.connection_file, settings)

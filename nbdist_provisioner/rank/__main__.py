@@ -56,7 +56,8 @@ def main() -> None:
     from traitlets.config import Config
 
     from .distributed import init_distributed
-    from .outflow import guard_streams, limit_iopub_queue
+    from .execution_count import follow_kernel_execution_count
+    from .stream_stamps import guard_streams, limit_iopub_queue
 
     OutStream.flush_interval = config.flush_interval
     cfg = Config()
@@ -77,6 +78,7 @@ def main() -> None:
         sys.stdout.echo = None
     guard_streams(app.session, *(s for s in (sys.stdout, sys.stderr) if isinstance(s, OutStream)))
     limit_iopub_queue(app.iopub_socket)
+    follow_kernel_execution_count(app.kernel)
     original_stderr = getattr(sys.stderr, "_original_stdstream_copy", None)
     if original_stderr is not None:
         faulthandler.enable(file=os.fdopen(os.dup(original_stderr), "w"), all_threads=False)

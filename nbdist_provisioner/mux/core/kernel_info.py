@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from .. import __version__
+from ... import __version__
 
-PROTOCOL_VERSION = "5.3"
+PROTOCOL_VERSION = "5.5"
 
 DEFAULT_LANGUAGE_INFO: dict[str, Any] = {
     "name": "python",
@@ -31,4 +31,5 @@ def kernel_info_content(nproc: int, language_info: dict[str, Any] | None) -> dic
                   "(%%rank 0 to pick ranks)",
         "help_links": [],
         "debugger": False,
+        "supported_features": ["kernel subshells"],
     }

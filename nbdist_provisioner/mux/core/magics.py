@@ -1,4 +1,6 @@
-"""Magics the multiplexer answers itself; they never reach the ranks.
+"""Magics the multiplexer reads itself, on the first lines of a cell.
+
+``%%rank 0`` / ``0,2`` / ``1-3`` runs the rest of the cell on those ranks only.
 
 ``%rank_output 0`` / ``0,2`` / ``1-3`` / ``all`` chooses whose output is shown from
 now on, like ``torchrun --local-ranks-filter`` (errors of every rank stay visible);
@@ -6,7 +8,7 @@ now on, like ``torchrun --local-ranks-filter`` (errors of every rank stay visibl
 line(s) of a cell; the rest of the cell, if any, runs on the ranks as usual. A rank
 that meets it further down a cell fails with a hint (see ``rank/extension.py``).
 
-Pure: parsing and wording only; ``Multiplexer`` applies the result.
+Pure: parsing and wording only; the request core applies the result.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..ranks import RankSpecError, format_ranks, parse_rank_spec
+from ...rankset import RankSetError, format_ranks, parse_rank_set
 
+_RANK_MAGIC = re.compile(r"\A[ \t]*%%rank(?:[ \t]+(?P<spec>[^\n]*))?(?:\n|\Z)")
 _LINE = re.compile(r"[ \t]*%rank_output(?:[ \t]+(?P<spec>[^\n]*?))?[ \t]*(?:\n|\Z)")
 
 
@@ -34,7 +37,7 @@ class MuxMagics:
 def split_mux_magics(code: str, world_size: int) -> MuxMagics:
     """Take the leading ``%rank_output`` lines off ``code``.
 
-    Raises RankSpecError for a bad rank list, so the cell fails saying what was wrong.
+    Raises RankSetError for a bad rank list, so the cell fails saying what was wrong.
     """
     shown: tuple[int, ...] | None = None
     used = False
@@ -46,7 +49,7 @@ def split_mux_magics(code: str, world_size: int) -> MuxMagics:
         used = True
         spec = (match.group("spec") or "").strip()
         if spec:
-            shown = parse_rank_spec(spec, world_size)
+            shown = parse_rank_set(spec, world_size)
         pos = match.end()
     if not used:
         return MuxMagics(code)
@@ -57,6 +60,20 @@ def describe_shown(shown: set[int] | tuple[int, ...]) -> str:
     """The confirmation a ``%rank_output`` cell prints."""
     ranks = sorted(shown)
     if not ranks:
-        raise RankSpecError("no ranks to show")
+        raise RankSetError("no ranks to show")
     what = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {format_ranks(ranks)}"
     return f"[nbdist] showing output of {what} (errors of every rank are always shown)\n"
+
+
+def split_rank_magic(code: str, world_size: int) -> tuple[tuple[int, ...] | None, str]:
+    """``%%rank 0,2`` on the first line: (ranks, the rest of the cell); else (None, code).
+
+    Raises RankSetError for a bad spec, so the cell fails with a clear message.
+    """
+    match = _RANK_MAGIC.match(code)
+    if not match:
+        return None, code
+    spec = (match.group("spec") or "").strip()
+    if not spec:
+        raise RankSetError("%%rank needs ranks, e.g. %%rank 0 or %%rank 0,2 or %%rank 1-3")
+    return parse_rank_set(spec, world_size), code[match.end():]

@@ -1,23 +1,23 @@
-"""Rank-set specs as users write them: ``0``, ``0,2``, ``1-3``, ``all``."""
+"""Sets of ranks as users write them: ``0``, ``0,2``, ``1-3``, ``all``."""
 
 from __future__ import annotations
 
 
-class RankSpecError(ValueError):
+class RankSetError(ValueError):
     """A rank spec that does not parse or names ranks outside the world."""
 
 
-def parse_rank_spec(spec: str, world_size: int) -> tuple[int, ...]:
+def parse_rank_set(spec: str, world_size: int) -> tuple[int, ...]:
     """Return the sorted ranks named by ``spec`` (``"0,2"``, ``"1-3"``, ``"all"``).
 
-    Raises RankSpecError naming the offending part, so magics and settings can
+    Raises RankSetError naming the offending part, so magics and settings can
     show the user exactly what was wrong.
     """
     text = spec.strip()
     if text in ("all", "*"):
         return tuple(range(world_size))
     if not text:
-        raise RankSpecError("empty rank list: use e.g. 0 or 0,2 or 1-3 or all")
+        raise RankSetError("empty rank list: use e.g. 0 or 0,2 or 1-3 or all")
     ranks: set[int] = set()
     for part in text.replace(" ", "").split(","):
         lo_s, sep, hi_s = part.partition("-")
@@ -25,13 +25,13 @@ def parse_rank_spec(spec: str, world_size: int) -> tuple[int, ...]:
             lo = int(lo_s)
             hi = int(hi_s) if sep else lo
         except ValueError:
-            raise RankSpecError(
+            raise RankSetError(
                 f"bad rank {part!r} in {spec!r}: use e.g. 0 or 0,2 or 1-3 or all"
             ) from None
         if lo > hi:
-            raise RankSpecError(f"bad rank range {part!r}: start is after end")
+            raise RankSetError(f"bad rank range {part!r}: start is after end")
         if lo < 0 or hi >= world_size:
-            raise RankSpecError(
+            raise RankSetError(
                 f"rank {part!r} is outside this kernel's ranks 0-{world_size - 1}"
             )
         ranks.update(range(lo, hi + 1))

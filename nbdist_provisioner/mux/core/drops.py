@@ -1,7 +1,7 @@
 """Detect rank output that ZMQ dropped on the way to the multiplexer.
 
 Ranks stamp every stream message with a counter and the number of characters
-sent before it (``rank.outflow``). When a rank writes faster than the
+sent before it (``rank.stream_stamps``). When a rank writes faster than the
 multiplexer forwards, the rank's bounded iopub queue overflows and ZMQ drops
 messages without telling anyone; the gap in the counter is how the user still
 learns what was lost. Pure: no sockets.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..rank.outflow import OFFSET_KEY, SEQ_KEY
+from ...protocol import OFFSET_KEY, SEQ_KEY
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,6 @@ class DropDetector:
 
     def __init__(self) -> None:
         self._next: dict[int, tuple[int, int]] = {}
-        self.total_messages = 0
-        self.total_chars = 0
 
     def observe(self, rank: int, metadata: Any, text: Any, stream: bool = True) -> Dropped | None:
         """One stamped iopub message of ``rank``: a stream message (``text``) or a status
@@ -58,7 +56,8 @@ class DropDetector:
             self._next[rank] = (seq, offset)
         if expected is None or seq == expected[0]:
             return None
-        dropped = Dropped(rank, seq - expected[0], max(0, offset - expected[1]))
-        self.total_messages += dropped.messages
-        self.total_chars += dropped.chars
-        return dropped
+        return Dropped(rank, seq - expected[0], max(0, offset - expected[1]))
+
+    def clear(self) -> None:
+        """New ranks: their counters start afresh."""
+        self._next.clear()

@@ -27,7 +27,6 @@ class FrontendChannels:
 
     def __init__(self, ctx: zmq.asyncio.Context, conn: dict[str, Any], session: Session) -> None:
         self.session = session
-        self.conn = conn
         transport, ip = conn.get("transport", "tcp"), conn["ip"]
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
         for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
@@ -40,7 +39,6 @@ class FrontendChannels:
         # What Session.send is given: sends through the asyncio sockets themselves, so a
         # waiting receive never misses its wake-up (zmqsend), and no shadow per call.
         self.out = {ch: AsyncSend(sock) for ch, sock in self.sockets.items()}
-        self.dropped = 0
         self._hb_ctx = zmq.Context()
         hb = self._hb_ctx.socket(zmq.ROUTER)
         hb.linger = 0
@@ -70,7 +68,6 @@ class FrontendChannels:
                 if not isinstance(msg_type, str) or not isinstance(msg["content"], dict):
                     raise ValueError("message type or content has the wrong type")
             except Exception as err:  # malformed / unsigned / replayed: drop, keep serving
-                self.dropped += 1
                 log.warning("dropped a bad message on %s: %s", channel, str(err)[:200])
                 continue
             try:

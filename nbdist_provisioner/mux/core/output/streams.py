@@ -128,11 +128,6 @@ class StreamMerger:
             if key[0] == parent and (rank is None or owner == rank):
                 del self._open_line[key]
 
-    def forget_rank(self, rank: int) -> None:
-        """Drop a dead rank's buffers (its last words were flushed by ``finish``)."""
-        for key in [k for k in self._streams if k[0] == rank]:
-            del self._streams[key]
-
     # -- internals ----------------------------------------------------------
     def _take(self) -> list[StreamText]:
         out, self._out = self._out, []

@@ -23,9 +23,10 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from ..launchers import Launcher, RankProcess, RankSpec
-from ..rank.config import RANK_CONFIG_ENV, RANK_KEY_ENV, RankConfig
-from ..settings import SETTINGS_ENV, KernelSettings
+from ...launchers import Launcher, RankProcess, RankSpec
+from ...rank.config import RANK_CONFIG_ENV, RANK_KEY_ENV, RankConfig
+from ...settings import SETTINGS_ENV, KernelSettings
+from ..core.events import RankExited, RankInfo
 from .rank_link import MessageHandler, RankLink
 
 log = logging.getLogger("nbdist.mux")
@@ -54,10 +55,15 @@ def free_port(addr: str) -> int:
         return int(s.getsockname()[1])
 
 
-def describe_death(proc: RankProcess) -> str:
+def how_it_ended(proc: RankProcess) -> str:
+    """``rank 2 (pid 41) was killed by signal SIGKILL``: one line for users."""
     how = proc.describe_exit()
     verb = "was" if how.startswith("killed") else "exited with"
-    text = f"rank {proc.rank} (pid {proc.pid}) {verb} {how}"
+    return f"rank {proc.rank} (pid {proc.pid}) {verb} {how}"
+
+
+def describe_death(proc: RankProcess) -> str:
+    text = how_it_ended(proc)
     tail = proc.stderr_tail()
     if tail:
         text += "; last stderr lines:\n" + tail
@@ -65,19 +71,18 @@ def describe_death(proc: RankProcess) -> str:
 
 
 class RankPool:
-    """The ranks of one kernel start."""
+    """The ranks of one generation: start, handshake, supervise, stop."""
 
     def __init__(self, settings: KernelSettings, launcher: Launcher,
-                 ctx: zmq.asyncio.Context, on_message: MessageHandler,
-                 on_exit: Callable[[int, str], None]) -> None:
+                 ctx: zmq.asyncio.Context, generation: int, on_message: MessageHandler,
+                 on_exit: Callable[[RankExited], None]) -> None:
         self.settings = settings
         self.launcher = launcher
         self.ctx = ctx
+        self.generation = generation
         self._on_message = on_message
         self._on_exit = on_exit
         self.ranks: dict[int, RankState] = {}
-        self.dist_reports: dict[int, dict[str, Any]] = {}
-        self.started_at = time.monotonic()
         self._watchers: list[asyncio.Task[None]] = []
         self._ready: set[int] = set()
         self.stopping = False
@@ -97,9 +102,11 @@ class RankPool:
             "RANK": str(rank), "WORLD_SIZE": str(s.nproc),
             "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(s.nproc),
             "GROUP_RANK": "0", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(s.nproc),
-            "MASTER_ADDR": s.master_addr, "MASTER_PORT": str(master_port),
+            "MASTER_ADDR": self.launcher.bind_ip, "MASTER_PORT": str(master_port),
         })
         env.setdefault("OMP_NUM_THREADS", "1")
+        # debugpy's start-up notes would fill a dead rank's stderr tail
+        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         env[RANK_KEY_ENV] = key.decode()
         env[RANK_CONFIG_ENV] = RankConfig(
             handshake_addr=handshake, parent_pid=os.getpid(), bind_ip=self.launcher.bind_ip,
@@ -116,9 +123,10 @@ class RankPool:
         pull.linger = 0
         port = pull.bind_to_random_port(f"tcp://{self.launcher.bind_ip}")
         handshake = f"tcp://{self.launcher.bind_ip}:{port}"
-        master_port = free_port(s.master_addr)
+        master_port = free_port(self.launcher.bind_ip)
         keys = {r: secrets.token_hex(32).encode() for r in range(s.nproc)}
-        argv = (sys.executable, "-m", "nbdist_provisioner.rank")
+        # (frozen modules off: breakpoints work, and debugpy does not warn about them)
+        argv = (sys.executable, "-Xfrozen_modules=off", "-m", "nbdist_provisioner.rank")
         specs = [RankSpec(r, r, s.nproc, argv, self.rank_env(r, master_port, handshake, keys[r]))
                  for r in range(s.nproc)]
         try:
@@ -191,28 +199,41 @@ class RankPool:
             idents, msg_list = Session().feed_identities(frames, copy=True)
             rank = int(idents[0].decode().removeprefix("rank-"))
             st = self.ranks[rank]
+            if st.link is not None:
+                raise ValueError(f"rank {rank} already reported (a replayed handshake?)")
             msg = Session(key=st.key, signature_scheme="hmac-sha256").deserialize(msg_list)
             info = msg["content"]
             if int(info["rank"]) != rank:
                 raise ValueError("rank mismatch")
-        except Exception as err:  # forged or garbled: ignore, the real one will come
+        except Exception as err:  # forged, garbled or replayed: ignore it
             log.warning("ignored a bad rank handshake: %s", err)
             return None
         st.info = info
-        self.dist_reports[rank] = info.get("dist") or {}
-        st.link = RankLink(self.ctx, rank, info, st.key, self._on_message)
+        st.link = RankLink(self.ctx, self.generation, rank, info, st.key, self._on_message)
         return rank
+
+    def infos(self) -> dict[int, RankInfo]:
+        """What every rank reported, for the core's RanksReady."""
+        out = {}
+        for rank, st in self.ranks.items():
+            info = st.info or {}
+            out[rank] = RankInfo(host=str(info.get("host", "")),
+                                 local_rank=int(info.get("local_rank", rank)),
+                                 pid=int(info.get("pid", 0)), dist=dict(info.get("dist") or {}),
+                                 kernel_info=st.link.kernel_info if st.link else {})
+        return out
 
     async def _watch(self, st: RankState) -> None:
         await st.process.wait()
         st.exited = True
         if not self.stopping:
-            self._on_exit(st.rank, describe_death(st.process))
+            code = st.process.returncode
+            self._on_exit(RankExited(self.generation, st.rank, how_it_ended(st.process),
+                                     st.process.stderr_tail(), sigkill=code == -9))
 
-    def link(self, rank: int) -> RankLink:
-        link = self.ranks[rank].link
-        assert link is not None
-        return link
+    def link(self, rank: int) -> RankLink | None:
+        st = self.ranks.get(rank)
+        return st.link if st is not None else None
 
     def alive(self, rank: int) -> bool:
         st = self.ranks.get(rank)
@@ -229,8 +250,9 @@ class RankPool:
         for st in self.ranks.values():
             if graceful and st.link is not None and self.alive(st.rank):
                 st.link.send("control", "shutdown_request", {"restart": False})
-        if not graceful:
-            self.signal_all(9)
+            elif self.alive(st.rank):
+                # never linked (still starting) or no grace: nothing to wait for
+                st.process.send_signal(9)
         waits = [st.process.wait() for st in self.ranks.values()]
         if waits:
             _done, pending = await asyncio.wait(

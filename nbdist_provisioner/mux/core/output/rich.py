@@ -14,18 +14,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ranks import format_ranks
+from ....rankset import format_ranks
 
 #: Seconds a slot waits for slower ranks before going out labelled per rank.
 SLOT_DEADLINE = 1.0
 _KINDS = {"execute_result": "result", "display_data": "display", "error": "error"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RichOut:
     parent: str
     msg_type: str
     content: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def namespaced_display_id(display_id: str, rank: int) -> str:
@@ -63,7 +64,8 @@ def label_error(content: dict[str, Any], ranks: list[int]) -> dict[str, Any]:
 @dataclass
 class _Slot:
     first_seen: float
-    by_rank: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    by_rank: dict[int, tuple[str, dict[str, Any], dict[str, Any]]] = field(
+        default_factory=dict)
 
 
 @dataclass
@@ -88,25 +90,25 @@ class RichMerger:
         self._requests[parent] = _RequestRich(ranks=tuple(ranks))
 
     def feed(self, rank: int, msg_type: str, content: dict[str, Any], parent: str,
-             now: float) -> list[RichOut]:
+             now: float, metadata: dict[str, Any] | None = None) -> list[RichOut]:
         req = self._requests.get(parent)
         transient = content.get("transient") or {}
         if (msg_type == "update_display_data" or "display_id" in transient or req is None
                 or rank not in req.ranks):
             # Never merged: labelled per rank, display ids kept apart.
-            self._emit_single(parent, msg_type, content, rank)
+            self._emit_single(parent, msg_type, content, rank, metadata or {})
             return self._take()
         kind = _KINDS[msg_type]
         index = req.counts.get((kind, rank), 0)
         req.counts[(kind, rank)] = index + 1
         key = (kind, index)
         if key in req.resolved:
-            self._emit_single(parent, msg_type, content, rank)
+            self._emit_single(parent, msg_type, content, rank, metadata or {})
             return self._take()
         slot = req.slots.get(key)
         if slot is None:
             slot = req.slots[key] = _Slot(first_seen=now)
-        slot.by_rank[rank] = (msg_type, content)
+        slot.by_rank[rank] = (msg_type, content, metadata or {})
         self._try_resolve(parent, req, now)
         return self._take()
 
@@ -153,22 +155,23 @@ class RichMerger:
         slot = req.slots.pop(key)
         req.resolved.add(key)
         groups: dict[str, list[int]] = {}
-        first: dict[str, tuple[str, dict[str, Any]]] = {}
+        first: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}
         for rank in sorted(slot.by_rank):
-            msg_type, content = slot.by_rank[rank]
+            msg_type, content, metadata = slot.by_rank[rank]
             fingerprint = json.dumps([msg_type, content], sort_keys=True, default=str)
             groups.setdefault(fingerprint, []).append(rank)
-            first.setdefault(fingerprint, (msg_type, content))
+            first.setdefault(fingerprint, (msg_type, content, metadata))
         whole = len(groups) == 1 and len(slot.by_rank) == len(req.ranks)
         for fingerprint, ranks in groups.items():
-            msg_type, content = first[fingerprint]
+            msg_type, content, metadata = first[fingerprint]
             content = _with_ranks(content, ranks)
             if not whole:
                 content = label_error(content, ranks) if msg_type == "error" else _label_text(
                     content, label_for(ranks))
-            self._out.append(RichOut(parent, msg_type, content))
+            self._out.append(RichOut(parent, msg_type, content, metadata))
 
-    def _emit_single(self, parent: str, msg_type: str, content: dict[str, Any], rank: int) -> None:
+    def _emit_single(self, parent: str, msg_type: str, content: dict[str, Any], rank: int,
+                     metadata: dict[str, Any]) -> None:
         transient = dict(content.get("transient") or {})
         if "display_id" in transient:
             transient["display_id"] = namespaced_display_id(str(transient["display_id"]), rank)
@@ -178,4 +181,4 @@ class RichMerger:
             content = label_error(content, [rank])
         else:
             content = _label_text(content, label_for([rank]))
-        self._out.append(RichOut(parent, msg_type, content))
+        self._out.append(RichOut(parent, msg_type, content, metadata))

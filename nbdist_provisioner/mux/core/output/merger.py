@@ -28,15 +28,17 @@ LEDGER_MAX = 4 * 1024 * 1024
 _ENTRY_COST = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Out:
     """One message to publish on the frontend iopub, parented to request ``parent``."""
 
     parent: str
     msg_type: str
     content: dict[str, Any]
+    #: the rank message's own metadata (a widget's protocol version), passed through
+    metadata: dict[str, Any] = field(default_factory=dict)
     #: binary buffers (comm messages of widgets), passed through untouched
-    buffers: list[Any] | None = None
+    buffers: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -75,18 +77,6 @@ class _Ledger:
         return not self.overflow
 
 
-def append_coalesced(queue: list[Out], out: Out) -> None:
-    """Append ``out``; stream text right after stream text of the same cell and name
-    joins that message, so a burst of lines goes out as one message."""
-    last = queue[-1] if queue else None
-    if (last is not None and out.msg_type == "stream" and last.msg_type == "stream"
-            and last.parent == out.parent and last.content["name"] == out.content["name"]):
-        queue[-1] = Out(out.parent, "stream", {"name": out.content["name"],
-                                               "text": last.content["text"] + out.content["text"]})
-    else:
-        queue.append(out)
-
-
 @dataclass
 class _Progress:
     display_id: str
@@ -116,7 +106,10 @@ class OutputMerger:
 
     # -- request lifecycle ----------------------------------------------------
     def start(self, parent: str, ranks: tuple[int, ...]) -> None:
+        """A request began: its rich outputs are merged, its outputs kept for per-rank
+        clears (until ``finish``)."""
         self.rich.start(parent, tuple(r for r in ranks if r in self.shown_ranks))
+        self._ledgers[parent] = _Ledger()
 
     def rank_finished(self, parent: str, rank: int, now: float) -> list[Out]:
         self._add_rich(self.rich.rank_finished(parent, rank, now))
@@ -132,7 +125,8 @@ class OutputMerger:
 
     # -- events ---------------------------------------------------------------
     def feed(self, rank: int, msg_type: str, content: dict[str, Any], parent: str,
-             now: float, buffers: list[Any] | None = None) -> list[Out]:
+             now: float, metadata: dict[str, Any] | None = None,
+             buffers: tuple[Any, ...] = ()) -> list[Out]:
         """One iopub output message of ``rank``, already known to belong to ``parent``."""
         if msg_type == "stream":
             if rank in self.shown_ranks:
@@ -142,12 +136,13 @@ class OutputMerger:
                 self._progress_tick(parent, now)
         elif msg_type in _RICH:
             if rank in self.shown_ranks or msg_type == "error":
-                self._add_rich(self.rich.feed(rank, msg_type, content, parent, now))
+                self._add_rich(self.rich.feed(rank, msg_type, content, parent, now,
+                                              metadata or {}))
         elif msg_type == "clear_output":
             if rank in self.shown_ranks:
-                self._clear(rank, content, parent, now)
+                self._clear(rank, content, parent, now, metadata or {})
         else:
-            self._out.append(Out(parent, msg_type, content, buffers or None))
+            self._out.append(Out(parent, msg_type, content, metadata or {}, buffers))
         return self._take()
 
     def tick(self, now: float) -> list[Out]:
@@ -173,29 +168,23 @@ class OutputMerger:
     def _add_streams(self, chunks: list[Any]) -> None:
         for chunk in chunks:
             self._record_stream(chunk.parent, chunk.rank, chunk.name, chunk.text)
-            append_coalesced(self._out, Out(chunk.parent, "stream",
-                                            {"name": chunk.name, "text": chunk.text}))
+            self._out.append(Out(chunk.parent, "stream",
+                                 {"name": chunk.name, "text": chunk.text}))
 
     def _add_rich(self, outs: list[Any]) -> None:
         for o in outs:
             self._record_rich(o.parent, o.msg_type, o.content)
-            self._out.append(Out(o.parent, o.msg_type, o.content))
+            self._out.append(Out(o.parent, o.msg_type, o.content, o.metadata))
 
     # -- per-rank clear_output --------------------------------------------------
     def _ledger(self, parent: str) -> _Ledger:
-        ledger = self._ledgers.get(parent)
-        if ledger is None:
-            ledger = self._ledgers[parent] = _Ledger()
-        return ledger
+        # (a clear in a request the merger was not told about keeps no ledger)
+        return self._ledgers.get(parent) or _Ledger()
 
     def _record_stream(self, parent: str, rank: int, name: str, text: str) -> None:
         ledger = self._ledgers.get(parent)
-        if ledger is None:
-            if not parent:
-                return  # output of no request: never cleared, never finished
-            ledger = self._ledgers[parent] = _Ledger()
-        elif ledger.overflow:
-            return
+        if ledger is None or ledger.overflow:
+            return  # output of a request that is not running: never cleared again
         entries = ledger.entries
         last = entries[-1] if entries else None
         if last is not None and last.owner == rank and last.name == name:
@@ -216,19 +205,22 @@ class OutputMerger:
                     entry.content = {**entry.content, "data": content.get("data", {}),
                                      "metadata": content.get("metadata", {})}
             return
-        if not parent:
+        ledger = self._ledgers.get(parent)
+        if ledger is None:
             return
-        ledger = self._ledger(parent)
         ranks = set(((content.get("metadata") or {}).get("nbdist") or {}).get("ranks") or [])
         size = sum(len(str(v)) for v in (content.get("data") or {}).values())
         size += sum(len(str(line)) for line in content.get("traceback") or [])
         ledger.add(_Entry(ranks, msg_type, content, size))
 
-    def _clear(self, rank: int, content: dict[str, Any], parent: str, now: float) -> None:
+    def _clear(self, rank: int, content: dict[str, Any], parent: str, now: float,
+               metadata: dict[str, Any]) -> None:
         """Forward ``rank``'s clear_output, then show the other ranks' outputs again."""
-        self._out.append(Out(parent, "clear_output", content))
+        self._out.append(Out(parent, "clear_output", content, metadata))
         ledger = self._ledger(parent)
-        self._ledgers[parent] = fresh = _Ledger()
+        fresh = _Ledger()
+        if parent in self._ledgers:
+            self._ledgers[parent] = fresh
         kept: list[_Entry] = []
         if ledger.overflow:
             # Too much to redraw: the whole cell is cleared, as in a single kernel.

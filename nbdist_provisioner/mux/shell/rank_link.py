@@ -12,16 +12,18 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
+from ..core.events import RankMessage
 from .zmqsend import AsyncSend
 
 log = logging.getLogger("nbdist.mux")
 
-#: (rank, channel, message dict) -> None; called for every verified message.
-MessageHandler = Callable[[int, str, dict[str, Any]], None]
+#: Called for every verified rank message.
+MessageHandler = Callable[[RankMessage], None]
 #: Bytes (or their equivalent in small messages) read from one rank socket before the
-#: receive loop lets the event loop run (publish what was merged, serve the frontend).
-YIELD_AFTER_BYTES = 1 << 20
-MESSAGE_OVERHEAD = 16 << 10
+#: receive loop lets the event loop run (publish what was merged, read the other ranks,
+#: serve the frontend): every rank is read fairly, and output goes out while it floods.
+YIELD_AFTER_BYTES = 128 << 10
+MESSAGE_OVERHEAD = 4 << 10
 #: Rank iopub messages (each at most ~1 MiB, see rank.outflow) queued in the multiplexer.
 RANK_IOPUB_RCVHWM = 64
 
@@ -34,8 +36,9 @@ class RankLink:
     the PUB/SUB join race.
     """
 
-    def __init__(self, ctx: zmq.asyncio.Context, rank: int, info: dict[str, Any], key: bytes,
-                 on_message: MessageHandler) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, generation: int, rank: int,
+                 info: dict[str, Any], key: bytes, on_message: MessageHandler) -> None:
+        self.generation = generation
         self.rank = rank
         self.info = info
         self.session = Session(key=key, signature_scheme="hmac-sha256", username="nbdist")
@@ -73,8 +76,7 @@ class RankLink:
         while True:
             self._kernel_info = asyncio.get_running_loop().create_future()
             self.send("shell", "kernel_info_request", {})
-            reply = await self._kernel_info
-            self.kernel_info = reply["content"]
+            self.kernel_info = await self._kernel_info
             if self._iopub_seen.is_set():
                 return
             try:
@@ -84,18 +86,22 @@ class RankLink:
                 continue  # ask again; each request makes the rank publish on iopub
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any],
-             metadata: dict[str, Any] | None = None, buffers: list[Any] | None = None) -> str:
-        """Send a request to the rank; return its msg_id."""
-        msg = self.session.send(self._out[channel], msg_type, content, metadata=metadata,
-                                buffers=buffers)
+             metadata: dict[str, Any] | None = None, buffers: list[Any] | None = None,
+             msg_id: str | None = None, header_extra: dict[str, Any] | None = None,
+             parent: dict[str, Any] | None = None) -> str:
+        """Send a message to the rank (under ``msg_id`` when given); return its msg_id."""
+        header = None
+        if msg_id is not None or header_extra:
+            header = self.session.msg_header(msg_type)
+            if msg_id is not None:
+                header["msg_id"] = msg_id
+            if header_extra:
+                header.update(header_extra)
+        msg = self.session.send(self._out[channel], msg_type, content, parent=parent,
+                                metadata=metadata, buffers=buffers, header=header)
         return str(msg["header"]["msg_id"])
 
-    def send_raw_reply(self, channel: str, msg_type: str, content: dict[str, Any],
-                       parent: dict[str, Any]) -> None:
-        """Answer a rank's request (input_reply) under the rank's own parent header."""
-        self.session.send(self._out[channel], msg_type, content, parent=parent)
-
-    def read(self, frames: list[bytes]) -> dict[str, Any] | None:
+    def read(self, frames: list[bytes], channel: str = "") -> RankMessage | None:
         """Verify and unpack one rank message; None for what the multiplexer never uses.
 
         This is the multiplexer's hottest path (every rank message), so unlike
@@ -110,9 +116,9 @@ class RankLink:
         header = self.session.unpack(msg_list[1])
         if header.get("msg_type") == "execute_input":
             return None
-        return {"header": header, "parent_header": self.session.unpack(msg_list[2]),
-                "metadata": self.session.unpack(msg_list[3]),
-                "content": self.session.unpack(msg_list[4]), "buffers": msg_list[5:]}
+        return RankMessage(self.generation, self.rank, channel, header,
+                           self.session.unpack(msg_list[2]), self.session.unpack(msg_list[4]),
+                           self.session.unpack(msg_list[3]), tuple(msg_list[5:]))
 
     async def _recv_loop(self, channel: str) -> None:
         sock = self.sockets[channel]
@@ -129,22 +135,22 @@ class RankLink:
             if channel == "iopub":
                 self._iopub_seen.set()
             try:
-                msg = self.read(frames)
+                msg = self.read(frames, channel)
             except Exception as err:  # a bad frame from a rank: log it, keep serving
                 log.warning("rank %d sent an unreadable %s message: %s (%d frames: %.300r)",
                             self.rank, channel, err, len(frames), frames[:4])
                 continue
             if msg is None:
                 continue
-            msg_type = msg["header"].get("msg_type")
+            msg_type = msg.header.get("msg_type")
             if msg_type == "iopub_welcome":
                 continue
-            if msg_type == "kernel_info_reply" and self._kernel_info is not None:
-                if not self._kernel_info.done():
-                    self._kernel_info.set_result(msg)
+            if (msg_type == "kernel_info_reply" and self._kernel_info is not None
+                    and not self._kernel_info.done()):
+                self._kernel_info.set_result(msg.content)
                 continue
             try:
-                self._on_message(self.rank, channel, msg)
+                self._on_message(msg)
             except Exception:  # a bug of ours must not stop this rank's loop for good
                 log.exception("internal error handling rank %d %s on %s", self.rank,
                               msg_type, channel)

@@ -20,14 +20,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ..protocol import OFFSET_KEY, SEQ_KEY
+
 #: A writer flushes after this many characters, bounding one stream message.
 CHUNK_BYTES = 1 << 20
 #: iopub messages queued in the rank for a multiplexer that has fallen behind; beyond
 #: that ZMQ drops them and the multiplexer reports the gap. Bounds the rank's memory and
 #: how long an interrupt of a flooding cell waits for the backlog to drain.
 IOPUB_SNDHWM = 64
-SEQ_KEY = "nbdist_seq"
-OFFSET_KEY = "nbdist_offset"
 
 
 class _Counter:

@@ -1,0 +1,1 @@
+"""Merging rank output into frontend output: streams, progress, rich results, bounds."""

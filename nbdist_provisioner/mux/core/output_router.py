@@ -1,0 +1,163 @@
+"""Rank iopub output to frontend iopub messages, each under the request that caused it.
+
+Outputs go through the ``OutputMerger`` (rank labels, partial lines, live
+progress, identical results once); comm messages and debug events pass as
+they are, with the rank message's metadata and buffers (ipywidgets checks a
+comm's protocol version there). Output of a request that is already idle is
+never shown (never in another cell, never after the idle), except what carries
+no new cell output: comm traffic and display updates. Output routed through a
+comm message (a widget callback, ``interact``) is always forwarded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .drops import DropDetector
+from .effects import Effect, Log, Publish
+from .events import RankMessage
+from .output.merger import Out, OutputMerger
+from .policy import LATE_TYPES, OUTPUT_TYPES, PASSED_TYPES
+from .request import FinishedEntry, Request
+
+Json = dict[str, Any]
+#: Frontend request headers kept for parenting output (oldest forgotten first).
+HEADERS_KEPT = 1024
+_COMM_REQUESTS = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+class OutputRouter:
+    def __init__(self, prefixes: dict[int, str], shown_ranks: set[int],
+                 frontend_id: Callable[[str], str | None]) -> None:
+        from .comms import CommRouter
+
+        self.merger = OutputMerger(prefixes, shown_ranks)
+        self.comms = CommRouter()
+        self.drops = DropDetector()
+        self._frontend_id = frontend_id
+        self._headers: OrderedDict[str, Json] = OrderedDict()
+        self._late_logged: OrderedDict[str, None] = OrderedDict()
+
+    # -- request lifecycle -----------------------------------------------------------
+    def remember(self, req: Request) -> None:
+        """Keep ``req``'s header to parent its output (also after it is done)."""
+        self._headers[req.msg_id] = req.header
+        while len(self._headers) > HEADERS_KEPT:
+            self._headers.popitem(last=False)
+
+    def start(self, req: Request) -> None:
+        self.remember(req)
+        self.merger.start(req.msg_id, req.targets)
+
+    def rank_finished(self, req: Request, rank: int, now: float) -> list[Effect]:
+        return self._publish(self.merger.rank_finished(req.msg_id, rank, now))
+
+    def finish(self, req: Request, now: float) -> list[Effect]:
+        """Everything held for ``req`` goes out (before its reply and idle)."""
+        return self._publish(self.merger.finish(req.msg_id, now))
+
+    def tick(self, now: float) -> list[Effect]:
+        return self._publish(self.merger.tick(now))
+
+    def next_deadline(self) -> float | None:
+        return self.merger.next_deadline()
+
+    def ranks_replaced(self) -> None:
+        self.comms.clear()
+        self.drops.clear()
+
+    # -- rank output -------------------------------------------------------------------
+    def route(self, m: RankMessage, target: Request | FinishedEntry | None,
+              now: float) -> list[Effect]:
+        """One rank iopub message (not a status) under ``target``: its request, live or
+        finished, or None when no request of ours caused it."""
+        t = str(m.header.get("msg_type", ""))
+        if isinstance(target, Request):
+            key, count = target.msg_id, target.execution_count
+        elif target is not None:
+            if t not in LATE_TYPES and target.msg_type not in _COMM_REQUESTS:
+                return self._drop_late(m.rank, t, target.frontend_msg_id)
+            key, count = target.frontend_msg_id, 0
+            self._headers.setdefault(key, target.header)
+        else:
+            if t not in PASSED_TYPES:
+                return [Log("debug", f"rank {m.rank}: {t} of no request dropped")]
+            key, count = "", 0
+        if t in PASSED_TYPES:
+            content = self._comm(m, t)
+            if content is None:
+                return []
+            return self._publish([Out(key, t, content, m.metadata, m.buffers)])
+        if t not in OUTPUT_TYPES:
+            return [Log("debug", f"rank {m.rank}: {t} on iopub ignored")]
+        content = m.content
+        if t == "execute_result" and count:
+            content = {**content, "execution_count": count}
+        return self._publish(self.merger.feed(m.rank, t, content, key, now, m.metadata,
+                                              m.buffers))
+
+    def dropped_output(self, m: RankMessage, header: Json | None) -> list[Effect]:
+        """A stamped stream or status message: tell the cell what ZMQ dropped before it."""
+        msg_type = m.header.get("msg_type")
+        dropped = self.drops.observe(m.rank, m.metadata, m.content.get("text"),
+                                     stream=msg_type == "stream")
+        if dropped is None:
+            return []
+        effects: list[Effect] = [Log("warning", f"rank {m.rank}: {dropped.messages} stream "
+                                                f"messages ({dropped.chars} characters) "
+                                                f"dropped")]
+        if header is not None:
+            effects.append(Publish("stream", {"name": "stderr", "text": dropped.notice()},
+                                   header))
+        return effects
+
+    # -- internals ---------------------------------------------------------------------
+    def _comm(self, m: RankMessage, t: str) -> Json | None:
+        """Comm bookkeeping; None: this rank's message must not reach the frontend."""
+        content = m.content
+        comm_id = str(content.get("comm_id", ""))
+        if t == "comm_open":
+            self.comms.rank_opened(comm_id, m.rank)
+        elif t in ("comm_msg", "comm_close"):
+            if not self.comms.answers_frontend(comm_id, m.rank):
+                return None
+            if t == "comm_close":
+                self.comms.closed(comm_id)
+        return self._translate_output_widget(content)
+
+    def _translate_output_widget(self, content: Json) -> Json:
+        """An Output widget (``interact`` uses one) captures the output of the request
+        whose msg_id is in its state; the frontend knows our msg_ids, not the rank's."""
+        data = content.get("data")
+        state = data.get("state") if isinstance(data, dict) else None
+        if not isinstance(state, dict):
+            return content
+        rank_id = state.get("msg_id")
+        if not isinstance(rank_id, str) or not rank_id:
+            return content
+        frontend_id = self._frontend_id(rank_id)
+        if frontend_id is None:
+            return content
+        assert isinstance(data, dict)
+        return {**content, "data": {**data, "state": {**state, "msg_id": frontend_id}}}
+
+    def _drop_late(self, rank: int, msg_type: str, request_id: str) -> list[Effect]:
+        """Output of a finished cell (a background thread of it): logged once per cell."""
+        if request_id in self._late_logged:
+            return []
+        self._late_logged[request_id] = None
+        while len(self._late_logged) > HEADERS_KEPT:
+            self._late_logged.popitem(last=False)
+        return [Log("warning", f"rank {rank}: {msg_type} for request {request_id} after its "
+                               "idle (a background thread of a finished cell?) is not shown; "
+                               "further late output of that cell is dropped silently")]
+
+    def _publish(self, outs: list[Out]) -> list[Effect]:
+        effects: list[Effect] = []
+        for out in outs:
+            header = self._headers.get(out.parent, {}) if out.parent else {}
+            effects.append(Publish(out.msg_type, out.content, header, out.metadata,
+                                   out.buffers))
+        return effects

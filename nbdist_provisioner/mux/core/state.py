@@ -1,0 +1,130 @@
+"""The request core's state, and the small helpers every part of it uses.
+
+``KernelCore`` (kernel.py) is made of three parts over this state: ``Serving``
+(frontend requests: queues, dispatch, replies), ``RankTraffic`` (rank messages
+and stdin) and ``Supervision`` (ranks up and down, interrupts, shutdown,
+timers). Each part calls the others only through the methods declared here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from .book import RequestBook
+from .effects import Effect, Log, Publish, Reply
+from .events import FrontendMessage, RankInfo
+from .inputs import InputRouter, PendingInput
+from .lifecycle import RankLifecycle
+from .output_router import OutputRouter
+from .policy import reply_type
+from .request import Request
+from .subshells import SubshellMap
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """What the core needs of the kernel's settings."""
+
+    nproc: int
+    primary_rank: int = 0
+    stream_prefix: str = "[rank {rank}] "
+    output_ranks: tuple[int, ...] | None = None
+    collective_timeout: float = 300.0
+    #: the frontend's ports, for connect_request
+    ports: tuple[tuple[str, int], ...] = ()
+
+
+class CoreState:
+    """Everything the core knows; pure data plus effect helpers."""
+
+    def __init__(self, config: CoreConfig, id_prefix: str = "nbdist") -> None:
+        self.config = config
+        self.ranks = tuple(range(config.nproc))
+        self.life = RankLifecycle()
+        self.book = RequestBook()
+        self.prefixes = {r: self._prefix(r, r, "") for r in self.ranks}
+        shown = set(config.output_ranks) if config.output_ranks is not None else set(self.ranks)
+        self.out = OutputRouter(self.prefixes, shown, self._frontend_id)
+        self.inputs = InputRouter()
+        self.subshells = SubshellMap()
+        self.execution_count = 0
+        self.rank_infos: dict[int, RankInfo] = {}
+        self._queues: dict[str, deque[Request]] = {"": deque()}
+        self._active: dict[str, Request | None] = {"": None}
+        #: served requests waiting for ranks to be ready
+        self._waiting: list[Request] = []
+        self._notes: list[str] = []
+        self._shutdowns: list[Request] = []
+        self._id_prefix = id_prefix
+        self._ids = 0
+        self._pumping = False
+        self._now = 0.0
+        self._fx: list[Effect] = []
+
+    # -- provided by the parts (kernel.py composes them) -----------------------------------
+    def _finish(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _fail(self, req: Request, ename: str, evalue: str,
+              traceback: list[str] | None = None) -> None:
+        raise NotImplementedError
+
+    def _dispatch(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _start_execute(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _unavailable(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _show_input(self, item: PendingInput | None) -> None:
+        raise NotImplementedError
+
+    def _on_input_reply(self, m: FrontendMessage) -> None:
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self, req: Request | None, why: str) -> None:
+        raise NotImplementedError
+
+    # -- small helpers ------------------------------------------------------------------
+    def _frontend_id(self, rank_msg_id: str) -> str | None:
+        entry = self.book.live(rank_msg_id)
+        if entry is not None:
+            return entry[0].msg_id
+        finished = self.book.finished_entry(rank_msg_id)
+        return finished.frontend_msg_id if finished else None
+
+    def _prefix(self, rank: int, local_rank: int, host: str) -> str:
+        return self.config.stream_prefix.format(rank=rank, local_rank=local_rank,
+                                                host=host or "localhost",
+                                                world_size=self.config.nproc)
+
+    def _new_id(self) -> str:
+        self._ids += 1
+        return f"{self._id_prefix}_{self._ids}"
+
+    def _status(self, state: str, parent: Json) -> None:
+        self._fx.append(Publish("status", {"execution_state": state}, parent))
+
+    def _publish(self, msg_type: str, content: Json, req: Request) -> None:
+        self._fx.append(Publish(msg_type, content, req.header))
+
+    def _notice(self, req: Request, text: str) -> None:
+        """An nbdist message for the user, on stderr of the cell ``req``."""
+        self._publish("stream", {"name": "stderr", "text": text}, req)
+
+    def _reply(self, req: Request, content: Json, metadata: Json | None = None) -> None:
+        self._fx.append(Reply(req.msg.channel, req.msg.idents, reply_type(req.msg_type),
+                              content, req.header, metadata or {}))
+
+    def _log(self, level: str, text: str) -> None:
+        self._fx.append(Log(level, text))
+

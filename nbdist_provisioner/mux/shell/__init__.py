@@ -1,0 +1,1 @@
+"""The I/O shell around the request core: sockets, rank processes, timers."""
