@@ -15,8 +15,12 @@ def bench_publish_path(ranks: int = 64, messages: int = 64,
 
     from nbdist_provisioner.mux.core import CoreConfig, KernelCore
     from nbdist_provisioner.mux.core.effects import Publish, SendToRank
-    from nbdist_provisioner.mux.core.events import (FrontendMessage, RankInfo, RankMessage,
-                                                    RanksReady)
+    from nbdist_provisioner.mux.core.events import (
+        FrontendMessage,
+        RankInfo,
+        RankMessage,
+        RanksReady,
+    )
     from nbdist_provisioner.mux.core.output.bounded import PublishQueue
 
     core = KernelCore(CoreConfig(nproc=ranks), id_prefix="b")
