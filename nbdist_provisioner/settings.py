@@ -134,6 +134,10 @@ class KernelSettings:
         _seconds("collective_timeout"), float)
     start_timeout: float = setting(120.0, "Seconds all ranks get to start and report ready.",
                                    _seconds("start_timeout"), float)
+    fork_server: bool = setting(
+        True, "Start local ranks by forking them from one process that imported ipykernel "
+              "(and torch) once: faster starts, less memory per rank. Off: each rank is a "
+              "new interpreter.", kind=bool)
 
     def __post_init__(self) -> None:
         for f in declared():

@@ -53,6 +53,14 @@ class RunningKernel:
     def mux_pid(self) -> int:
         return int(self.km.provisioner.pid)
 
+    @property
+    def agent_pid(self) -> int:
+        """The rank agent: the multiplexer's one child (it forks the ranks)."""
+        import psutil
+
+        (agent,) = psutil.Process(self.mux_pid).children()
+        return int(agent.pid)
+
     def pids(self) -> list[int]:
         return process_tree(self.mux_pid)
 

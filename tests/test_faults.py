@@ -21,7 +21,14 @@ import pytest
 from fault_harness import RestartingKernel, figure, install_spec, owned_children, wait_for
 from jupyter_client.manager import KernelManager
 
-from kernel_harness import collect_until_idle, iopub_until, reply_to, run_cell, wait_gone
+from kernel_harness import (
+    collect_until_idle,
+    iopub_until,
+    kill_pids,
+    reply_to,
+    run_cell,
+    wait_gone,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,14 +60,15 @@ def specs(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         "torch": install_spec(kernel_prefix, "nbdist-fault-torch", 2, backend="gloo"),
         "ct5": install_spec(kernel_prefix, "nbdist-fault-ct5", 2, backend="gloo",
                             collective_timeout=5),
+        # (these inject faults at interpreter start-up: ranks started by exec, not fork)
         "import_error": install_spec(kernel_prefix, "nbdist-fault-import", 2,
-                                     init_process_group=False,
+                                     init_process_group=False, fork_server=False,
                                      env={"PYTHONPATH": str(broken)}),
         "start_timeout": install_spec(kernel_prefix, "nbdist-fault-timeout", 2,
                                       init_process_group=False, start_timeout=5,
-                                      env={"PYTHONPATH": str(stuck)}),
+                                      fork_server=False, env={"PYTHONPATH": str(stuck)}),
         "dies_at_start": install_spec(kernel_prefix, "nbdist-fault-dies", 2,
-                                      init_process_group=False,
+                                      init_process_group=False, fork_server=False,
                                       env={"PYTHONPATH": str(dies)}),
     }
 
@@ -109,7 +117,7 @@ def test_rank_death_ends_the_cell_and_the_kernel_heals_itself(start_kernel, caus
     action, described = DEATHS[cause]
     k = start_kernel("nbdist-test-2")
     mux = k.mux_pid
-    old_pids = k.pids()
+    old_pids = [p for p in k.pids() if p not in (mux, k.agent_pid)]
     code = textwrap.dedent(f"""\
         import ctypes, os, signal, sys, time
         if rank == 1:
@@ -126,7 +134,9 @@ def test_rank_death_ends_the_cell_and_the_kernel_heals_itself(start_kernel, caus
             msg = k.kc.get_iopub_msg(timeout=60)
             if msg["parent_header"].get("msg_id") == msg_id:
                 iopub.append(msg)
-        victim = [c for c in psutil.Process(mux).children() if c.environ().get("RANK") == "1"]
+        # (a forked rank is named after its rank: its environ is the agent's)
+        victim = [c for c in psutil.Process(mux).children(recursive=True)
+                  if c.name() == "nbdist-rank-1"]
         assert len(victim) == 1
         died = time.monotonic()
         victim[0].kill()  # SIGKILL, as the OOM killer does
@@ -161,7 +171,7 @@ def test_rank_death_ends_the_cell_and_the_kernel_heals_itself(start_kernel, caus
     assert "last words" not in stderr_of(run)  # the full report is not repeated
     assert k.mux_pid == mux
     assert "new ranks" not in stderr_of(run_cell(k.kc, "pass"))
-    orphans = wait_gone([p for p in old_pids if p != mux], timeout=10)
+    orphans = wait_gone(old_pids, timeout=10)
     figure(f"death during cell, cause={cause}: next cell done {healed - died:.2f}s after "
            f"the death; orphans of the old ranks: {len(orphans)}")
     assert orphans == []
@@ -221,8 +231,8 @@ def test_rank_death_while_idle_is_explained_in_the_next_cell(start_kernel):
     run_cell(k.kc, "import subprocess, sys\nx = 1\n"
                    "child = subprocess.Popen([sys.executable, '-c', "
                    "'import time; time.sleep(600)'])")
-    old_pids = [p for p in k.pids() if p != k.mux_pid]
-    assert len(old_pids) == 4  # 2 ranks, a child of each
+    old_pids = [p for p in k.pids() if p not in (k.mux_pid, k.agent_pid)]
+    assert len(old_pids) == 4  # 2 ranks, a child of each (the agent stays)
     victim = rank_pids(k.kc)[1]
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -260,9 +270,10 @@ def test_a_rank_that_keeps_dying_stops_the_loop_with_the_cause(start_kernel, spe
     assert "exit code 5" in evalue or "ranks were lost 3 times" in evalue, evalue
     assert "Restart the kernel" in evalue
     # every rank is stopped, and it stays that way: no further starts
-    wait_for(lambda: k.pids() == [k.mux_pid], 15, "the last ranks to be stopped")
+    alone = sorted([k.mux_pid, k.agent_pid])
+    wait_for(lambda: sorted(k.pids()) == alone, 15, "the last ranks to be stopped")
     assert run_cell(k.kc, "pass").status == "error"
-    assert k.pids() == [k.mux_pid]
+    assert sorted(k.pids()) == alone
 
 
 # -- 3. partial failure, hung collective, second interrupt --------------------------------
@@ -270,7 +281,7 @@ def test_hung_collective_is_diagnosed_and_a_second_interrupt_brings_new_ranks(st
                                                                               specs):
     k = start_kernel(specs["torch"])
     mux = k.mux_pid
-    old_pids = [p for p in k.pids() if p != mux]
+    old_pids = [p for p in k.pids() if p not in (mux, k.agent_pid)]
     msg_id = k.kc.execute("import torch\nif rank == 1:\n    raise ValueError('rank 1 broke')\n"
                           "t = torch.ones(1)\ndist.all_reduce(t)  # rank 0 waits for rank 1\n")
     seen: list[dict] = []
@@ -330,13 +341,15 @@ def test_a_rank_that_cannot_import_fails_the_first_cell_with_its_stderr(start_ke
     assert "failed to start" in content["evalue"] and "exit code 1" in content["evalue"]
     assert "libzmq.so.5: cannot open shared object file (nbdist test)" in content["evalue"]
     assert "never" not in run.stream_text()
-    # the ranks are gone; the multiplexer stays to report the failure
-    assert wait_for(lambda: k.pids() == [k.mux_pid], 10, "the ranks to be gone")
+    # the ranks are gone; the multiplexer (and its agent) stay to report the failure
+    alone = sorted([k.mux_pid, k.agent_pid])
+    assert wait_for(lambda: sorted(k.pids()) == alone, 10, "the ranks to be gone")
 
 
 def test_start_timeout_fails_the_first_cell_naming_the_stuck_rank(start_kernel, specs):
     k = start_kernel(specs["start_timeout"])
-    ranks = wait_for(lambda: [p for p in k.pids() if p != k.mux_pid], 10, "ranks to start")
+    ranks = wait_for(lambda: [p for p in k.pids() if p not in (k.mux_pid, k.agent_pid)], 10,
+                     "ranks to start")
     run = run_cell(k.kc, "print('never')", timeout=60)
     content = run.reply["content"]
     assert content["ename"] == "RankStartError", content
@@ -364,26 +377,29 @@ def test_bad_configuration_is_refused_naming_the_setting(kernel_prefix, config, 
 
 
 # -- 5. no orphans ----------------------------------------------------------------------
+# a child in the rank's process group, and one in a session of its own (it leaves the
+# group: only the child subreaper still knows it)
 SPAWN_CHILD = ("import subprocess, sys\n"
-               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])")
+               "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+               "loner = subprocess.Popen(['sleep', '600'], start_new_session=True)")
 
 
-def test_restart_and_shutdown_take_the_ranks_children_down(start_kernel):
+def test_restart_and_shutdown_take_what_the_ranks_started_down(start_kernel):
     k = start_kernel("nbdist-test-2")
     run_cell(k.kc, SPAWN_CHILD)
     before = k.pids()
-    assert len(before) == 5
+    assert len(before) == 8  # multiplexer, agent, 2 ranks, 2 children each
     k.km.restart_kernel(now=False)
     k.kc.wait_for_ready(timeout=60)
     orphans = wait_gone(before, timeout=10)
-    figure(f"orphans after restart (2 ranks + a child each): {len(orphans)}")
+    figure(f"orphans after restart (2 ranks + 2 children each): {len(orphans)}")
     assert orphans == []
     run_cell(k.kc, SPAWN_CHILD)
     again = k.pids()
-    assert len(again) == 5
-    k.km.shutdown_kernel(now=False)
+    assert len(again) == 8
+    k.km.shutdown_kernel(now=True)  # SIGKILL of the multiplexer's process group
     orphans = wait_gone(again, timeout=10)
-    figure(f"orphans after shutdown (2 ranks + a child each): {len(orphans)}")
+    figure(f"orphans after shutdown_kernel(now=True): {len(orphans)}")
     assert orphans == []
 
 
@@ -391,13 +407,35 @@ def test_sigkill_of_the_multiplexer_takes_the_ranks_children_down(start_kernel):
     k = start_kernel("nbdist-test-2")
     run_cell(k.kc, SPAWN_CHILD)
     pids = [p for p in k.pids() if p != k.mux_pid]
-    assert len(pids) == 4
+    assert len(pids) == 7
     killed = time.monotonic()
     os.kill(k.mux_pid, signal.SIGKILL)
     orphans = wait_gone(pids, timeout=10)
     figure(f"SIGKILL of the multiplexer: orphans {len(orphans)}, all gone after "
            f"{time.monotonic() - killed:.2f}s")
     assert orphans == []
+
+
+def test_no_key_left_on_disk_or_in_an_environment(start_kernel):
+    k = start_kernel("nbdist-test-2")
+    run = run_cell(k.kc, "from ipykernel.kernelapp import IPKernelApp\n"
+                         "app = IPKernelApp.instance()\n"
+                         "print(app.session.key.decode(), app.abs_connection_file)")
+    keys = {line.split()[-2] for line in run.stream_text().splitlines()}
+    folder = os.path.dirname(run.stream_text().split()[-1])
+    assert len(keys) == 2 and all(len(key) == 64 for key in keys)
+    for pid in k.pids():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+        assert not any(key in environ or key in cmdline for key in keys), pid
+    on_disk = [p for p in Path(folder).rglob("*") if p.is_file()]
+    assert not any(key in p.read_text(errors="replace") for p in on_disk for key in keys)
+    os.kill(k.mux_pid, signal.SIGKILL)
+    wait_gone(k.pids(), timeout=10)
+    # a later kernel removes the private folder of a kernel that is gone
+    later = start_kernel("nbdist-test-1")
+    assert not os.path.exists(folder), os.listdir(folder)
+    del later
 
 
 OWNER = """
@@ -422,7 +460,7 @@ def test_sigkill_of_the_kernel_manager_owner_leaves_nothing_behind():
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         pids = json.loads(owner.stdout.readline())
-        assert len(pids) == 5  # multiplexer, 2 ranks, a child of each
+        assert len(pids) == 8  # multiplexer, agent, 2 ranks, 2 children each
         killed = time.monotonic()
         owner.kill()
         owner.wait()
@@ -434,3 +472,50 @@ def test_sigkill_of_the_kernel_manager_owner_leaves_nothing_behind():
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+
+
+EARLY_OWNER = """
+import sys
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name="nbdist-test-2")
+km.start_kernel()
+print(km.provisioner.pid, flush=True)
+sys.stdin.read()  # until the test kills us
+"""
+
+
+def marked(marker: str) -> list[int]:
+    """Processes that carry the test's marker in their environment: everything the owner
+    started, however deep, found without relying on parent links (they change)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("NBDIST_TEST_MARKER") == marker:
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.2, 0.5, 1.5])
+def test_owner_killed_at_any_instant_of_the_start_leaves_nothing(kernel_prefix, delay):
+    marker = f"early-{delay}-{os.getpid()}-{time.monotonic_ns()}"
+    env = dict(os.environ, NBDIST_TEST_MARKER=marker)
+    owner = subprocess.Popen([sys.executable, "-c", EARLY_OWNER], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        owner.stdout.readline()  # start_kernel returned
+        time.sleep(delay)  # (the instant to kill at, not a wait for readiness)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 5
+        left = marked(marker)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = [p for p in marked(marker) if psutil.Process(p).status()
+                    != psutil.STATUS_ZOMBIE] if left else []
+        figure(f"owner SIGKILLed {delay:.2f}s after start_kernel returned: "
+               f"{len(left)} processes left after 5 s")
+        assert left == []
+    finally:
+        kill_pids(marked(marker))

@@ -138,9 +138,9 @@ def test_output_zmq_dropped_is_reported_exactly(start_kernel):
     k = start_kernel("nbdist-test-2")
     run_cell(k.kc, "print('baseline')")
     run = run_cell(k.kc, """\
-import os, signal, sys
+import os, signal, sys, psutil
 if rank == 1:
-    mux = os.getppid()
+    mux = psutil.Process(os.getppid()).ppid()  # (the rank's parent is the agent)
     os.kill(mux, signal.SIGSTOP)
     try:
         for i in range(20000):

@@ -139,16 +139,17 @@ def test_restart_gives_fresh_ranks_and_leaves_nothing_behind(start_kernel):
 def test_sigkill_of_the_multiplexer_takes_the_ranks_down(start_kernel):
     k = start_kernel("nbdist-test-2")
     pids = k.pids()
-    ranks = [p for p in pids if p != k.mux_pid]
-    assert len(ranks) == 2
+    rest = [p for p in pids if p != k.mux_pid]
+    assert len(rest) == 3  # the agent and 2 ranks
     os.kill(k.mux_pid, signal.SIGKILL)
-    assert wait_gone(ranks, timeout=10) == []
+    assert wait_gone(rest, timeout=10) == []
 
 
-def test_rank_connection_files_are_fresh_per_start_and_removed(start_kernel):
+def test_rank_connection_files_are_fresh_and_gone_once_the_ranks_run(start_kernel):
     """ipykernel loads an existing connection file (key, ports); its default name,
     kernel-<pid>.json, is left behind by every killed kernel. A rank whose pid was
-    reused would sign with a stale key, and the kernel's first cell would hang."""
+    reused would sign with a stale key, and the kernel's first cell would hang. And a
+    connection file holds the rank's key: none may stay on disk."""
     k = start_kernel("nbdist-test-2")
     run = run_cell(k.kc, "from ipykernel.kernelapp import IPKernelApp\n"
                          "print(IPKernelApp.instance().abs_connection_file)")
@@ -156,7 +157,8 @@ def test_rank_connection_files_are_fresh_per_start_and_removed(start_kernel):
     assert len(set(paths)) == 2
     folder = os.path.dirname(paths[0])
     assert all(os.path.dirname(p) == folder for p in paths)
-    assert os.path.basename(folder).startswith("nbdist-ranks-")
-    assert all(os.path.exists(p) for p in paths)
+    assert os.path.basename(folder).startswith(f"nbdist-{k.mux_pid}-")
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    assert not any(os.path.exists(p) for p in paths)
     k.km.shutdown_kernel(now=False)
     assert not os.path.exists(folder)

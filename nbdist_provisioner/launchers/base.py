@@ -1,9 +1,11 @@
 """The launcher contract: how rank processes come to exist.
 
-A launcher starts every rank of one kernel start and hands back one
+A launcher starts every rank of one generation and hands back one
 ``RankProcess`` per rank. Everything else (handshake, supervision, shutdown
 order) is the multiplexer's, so a new launcher (``mpiexec``, ``srun``) is only
-this small surface.
+this small surface. One launcher instance serves a kernel for its whole life
+(``prepare`` once, ``launch`` per generation of ranks, ``close`` at the end), so
+it may keep what it prepared (the local launcher's fork server) across them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import signal
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from ..settings import KernelSettings
 
 #: How many trailing stderr lines of a rank are kept for error reports.
 STDERR_TAIL_LINES = 30
@@ -25,13 +30,15 @@ class LauncherError(RuntimeError):
 
 @dataclass(frozen=True)
 class RankSpec:
-    """What to run for one rank, and with which environment."""
+    """One rank to start: its environment (not secret) and its record (secret: it holds
+    the rank's key; it must never travel in argv or the environment)."""
 
     rank: int
     local_rank: int
     world_size: int
-    argv: tuple[str, ...]
     env: dict[str, str]
+    #: the rank's ``RankConfig`` as JSON
+    config: str = ""
 
 
 class StderrTail:
@@ -76,7 +83,11 @@ class RankProcess(ABC):
 
     @abstractmethod
     def stderr_tail(self) -> str:
-        """The last stderr lines, for error messages."""
+        """The last stderr lines known now, for error messages."""
+
+    async def fetch_stderr_tail(self) -> str:
+        """The last stderr lines of a rank that may still run (asked where they are)."""
+        return self.stderr_tail()
 
     def describe_exit(self) -> str:
         """``exit code 3`` / ``signal SIGKILL``: how users read a death."""
@@ -105,6 +116,19 @@ class Launcher(ABC):
     def check(self) -> None:  # noqa: B027 - optional hook
         """Raise LauncherError if this launcher cannot work here (e.g. binary missing)."""
 
+    def prepare(self, settings: KernelSettings, env: dict[str, str]) -> None:  # noqa: B027
+        """Called once, as early as possible, with the kernel's settings and the
+        environment every rank shares: start what can be started before the ranks (the
+        local fork server)."""
+
     @abstractmethod
     async def launch(self, specs: list[RankSpec]) -> list[RankProcess]:
         """Start every rank; raise LauncherError if any cannot be spawned."""
+
+    async def end_ranks(self) -> None:
+        """A generation is over: end every rank this launcher started that is still there
+        (ranks still starting included) and everything they started."""
+        raise NotImplementedError
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """The kernel is ending: release what ``prepare`` started."""

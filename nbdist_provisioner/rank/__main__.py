@@ -1,120 +1,24 @@
-"""Entry point of one rank: ``python -m nbdist_provisioner.rank``.
+"""``python -m nbdist_provisioner.rank``: one rank, started by exec (the fork server off).
 
-Starts a real ``IPKernelApp`` on ports of its own choosing, sets up
-torch.distributed, then tells the multiplexer where it listens (the
-handshake), so the multiplexer never guesses readiness.
+The rank's record (its key included) arrives as one JSON line on stdin, never in
+argv or the environment, which other users can read (``ps``, ``/proc``).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import sys
-import threading
 
-from .config import RANK_CONFIG_ENV, RANK_KEY_ENV, RankConfig
-
-PARENT_POLL_SECONDS = 0.25
-
-
-def watch_parent(parent_pid: int) -> None:
-    """Kill this rank's whole process group as soon as the multiplexer is gone.
-
-    A SIGKILLed multiplexer cannot clean up; this is what keeps ranks (and
-    anything they started) from outliving it.
-    """
-
-    def run() -> None:
-        import time
-
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_SECONDS)
-        try:
-            os.killpg(os.getpgid(0), signal.SIGKILL)
-        finally:
-            os._exit(1)
-
-    threading.Thread(target=run, name="nbdist-parent-watch", daemon=True).start()
+from .config import RankConfig
 
 
 def main() -> None:
-    config = RankConfig.from_environ()
-    key = os.environ.pop(RANK_KEY_ENV, "").encode()
-    os.environ.pop(RANK_CONFIG_ENV, None)
-    os.environ.pop("JPY_PARENT_PID", None)  # our watcher replaces ipykernel's
-    if os.getppid() != config.parent_pid:
-        raise SystemExit("nbdist rank: the multiplexer that started this rank is gone")
-    watch_parent(config.parent_pid)
+    line = sys.stdin.readline()
+    if not line.strip():
+        raise SystemExit("nbdist rank: no rank record on stdin: ranks are started by the "
+                         "nbdist multiplexer, not by hand")
+    from .kernel_main import run
 
-    import faulthandler
-
-    import zmq
-    from ipykernel.iostream import OutStream
-    from ipykernel.kernelapp import IPKernelApp
-    from jupyter_client.session import Session
-    from traitlets.config import Config
-
-    from .distributed import init_distributed
-    from .execution_count import follow_kernel_execution_count
-    from .stream_stamps import guard_streams, limit_iopub_queue
-
-    OutStream.flush_interval = config.flush_interval
-    cfg = Config()
-    cfg.Session.key = key
-    cfg.IPKernelApp.ip = config.bind_ip
-    cfg.IPKernelApp.parent_handle = 0
-    if config.connection_file:
-        cfg.IPKernelApp.connection_file = config.connection_file
-    cfg.HistoryManager.enabled = config.keep_history
-    cfg.IPKernelApp.quiet = False  # keep stderr echoed to the launcher's pipe (see below)
-    cfg.InteractiveShellApp.extensions = ["nbdist_provisioner.rank.extension"]
-    cfg.IPKernelApp.outstream_class = "nbdist_provisioner.rank.iostream.RankOutStream"
-    app = IPKernelApp.instance(config=cfg)
-    app.initialize([])
-    # stdout would only be noise in the launcher's pipe; stderr stays echoed there
-    # so the multiplexer can quote a dying rank's last words.
-    if isinstance(sys.stdout, OutStream):
-        sys.stdout.echo = None
-    guard_streams(app.session, *(s for s in (sys.stdout, sys.stderr) if isinstance(s, OutStream)))
-    limit_iopub_queue(app.iopub_socket)
-    follow_kernel_execution_count(app.kernel)
-    original_stderr = getattr(sys.stderr, "_original_stdstream_copy", None)
-    if original_stderr is not None:
-        faulthandler.enable(file=os.fdopen(os.dup(original_stderr), "w"), all_threads=False)
-
-    ns, report = init_distributed(
-        config.backend, config.init_process_group, config.collective_timeout
-    )
-    app.shell.push(ns)
-
-    session = Session(key=key)
-    ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.linger = 5000
-    push.connect(config.handshake_addr)
-    rank = int(os.environ.get("RANK", "0"))
-    session.send(
-        push,
-        "nbdist_rank_ready",
-        {
-            "rank": rank,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "local_rank": int(os.environ.get("LOCAL_RANK", rank)),
-            "ip": app.ip,
-            "transport": app.transport,
-            "shell_port": app.shell_port,
-            "iopub_port": app.iopub_port,
-            "stdin_port": app.stdin_port,
-            "control_port": app.control_port,
-            "hb_port": app.hb_port,
-            "dist": report,
-        },
-        ident=[f"rank-{rank}".encode()],
-    )
-    push.close()
-    app.start()
+    run(RankConfig.from_json(line))
 
 
 if __name__ == "__main__":

@@ -34,9 +34,14 @@ def choose_backend(requested: str, torch: Any, local_world_size: int) -> str:
 
 
 def init_distributed(
-    backend: str, init_process_group: bool, collective_timeout: float
+    backend: str, init_process_group: bool, collective_timeout: float,
+    init_method: str = "env://",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Initialise torch.distributed if asked; return (user namespace, report).
+
+    ``init_method`` is where the ranks meet: a ``file://`` store in the kernel's
+    private directory for ranks on this host (no port to race for, nothing listening
+    on the network), else ``env://`` (MASTER_ADDR/MASTER_PORT).
 
     Never raises: a failure is reported back to the multiplexer, which tells
     the user once, and the kernel stays usable with the environment variables.
@@ -61,8 +66,10 @@ def init_distributed(
             torch.cuda.set_device(device)
         else:
             device = torch.device("cpu")
-        kwargs: dict[str, Any] = {"backend": chosen, "init_method": "env://",
+        kwargs: dict[str, Any] = {"backend": chosen, "init_method": init_method,
                                   "timeout": timedelta(seconds=collective_timeout)}
+        if not init_method.startswith("env://"):
+            kwargs.update(rank=ns["rank"], world_size=ns["world_size"])
         if chosen == "nccl":
             kwargs["device_id"] = device
         dist.init_process_group(**kwargs)

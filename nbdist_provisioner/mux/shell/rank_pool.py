@@ -10,10 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
-import shutil
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +21,10 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from ...launchers import Launcher, RankProcess, RankSpec
-from ...rank.config import RANK_CONFIG_ENV, RANK_KEY_ENV, RankConfig
-from ...settings import SETTINGS_ENV, KernelSettings
+from ...rank.config import RankConfig
+from ...settings import KernelSettings
 from ..core.events import RankExited, RankInfo
+from .rank_env import new_run_id, rank_env
 from .rank_link import MessageHandler, RankLink
 
 log = logging.getLogger("nbdist.mux")
@@ -74,47 +72,38 @@ class RankPool:
     """The ranks of one generation: start, handshake, supervise, stop."""
 
     def __init__(self, settings: KernelSettings, launcher: Launcher,
-                 ctx: zmq.asyncio.Context, generation: int, on_message: MessageHandler,
+                 ctx: zmq.asyncio.Context, generation: int, rundir: str,
+                 shared_env: dict[str, str], on_message: MessageHandler,
                  on_exit: Callable[[RankExited], None]) -> None:
         self.settings = settings
         self.launcher = launcher
         self.ctx = ctx
         self.generation = generation
+        #: the kernel's private (0700) directory: connection files, the rendezvous store
+        self.rundir = rundir
+        self.shared_env = shared_env
         self._on_message = on_message
         self._on_exit = on_exit
         self.ranks: dict[int, RankState] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._ready: set[int] = set()
         self.stopping = False
-        # Each rank's connection file lives here, new for every start: ipykernel *loads*
-        # an existing connection file (its key and ports), and its default name,
-        # kernel-<pid>.json, is left behind by every killed kernel, so a reused pid would
-        # make a rank sign with a stale key that nothing here can verify.
-        self.rundir = tempfile.mkdtemp(prefix="nbdist-ranks-")
 
-    def rank_env(self, rank: int, master_port: int, handshake: str, key: bytes) -> dict[str, str]:
+    def rank_config(self, rank: int, handshake: str, key: bytes) -> str:
+        """The rank's private record (its key: never in argv or the environment)."""
         s = self.settings
-        env = dict(os.environ)
-        env.pop(SETTINGS_ENV, None)
-        env.pop("JPY_PARENT_PID", None)
-        env.update(s.env)
-        env.update({
-            "RANK": str(rank), "WORLD_SIZE": str(s.nproc),
-            "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(s.nproc),
-            "GROUP_RANK": "0", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(s.nproc),
-            "MASTER_ADDR": self.launcher.bind_ip, "MASTER_PORT": str(master_port),
-        })
-        env.setdefault("OMP_NUM_THREADS", "1")
-        # debugpy's start-up notes would fill a dead rank's stderr tail
-        env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        env[RANK_KEY_ENV] = key.decode()
-        env[RANK_CONFIG_ENV] = RankConfig(
-            handshake_addr=handshake, parent_pid=os.getpid(), bind_ip=self.launcher.bind_ip,
+        gen = self.generation
+        # A fresh connection file per rank and generation: ipykernel *loads* an existing
+        # one (its key and ports). A file store for the rendezvous: no port to race for.
+        init_method = (f"file://{os.path.join(self.rundir, f'store-{gen}')}"
+                       if self.launcher.name == "local" else "env://")
+        return RankConfig(
+            handshake_addr=handshake, key=key.decode(), bind_ip=self.launcher.bind_ip,
             init_process_group=s.init_process_group, backend=s.backend,
-            collective_timeout=s.collective_timeout, keep_history=rank == s.primary_rank,
-            connection_file=os.path.join(self.rundir, f"rank-{rank}.json"),
+            collective_timeout=s.collective_timeout, init_method=init_method,
+            keep_history=rank == s.primary_rank,
+            connection_file=os.path.join(self.rundir, f"rank-{gen}-{rank}.json"),
         ).to_json()
-        return env
 
     async def start(self) -> None:
         """Start every rank and return once all are connected; raise RankStartError if not."""
@@ -124,10 +113,12 @@ class RankPool:
         port = pull.bind_to_random_port(f"tcp://{self.launcher.bind_ip}")
         handshake = f"tcp://{self.launcher.bind_ip}:{port}"
         master_port = free_port(self.launcher.bind_ip)
+        run_id = new_run_id()
         keys = {r: secrets.token_hex(32).encode() for r in range(s.nproc)}
-        # (frozen modules off: breakpoints work, and debugpy does not warn about them)
-        argv = (sys.executable, "-Xfrozen_modules=off", "-m", "nbdist_provisioner.rank")
-        specs = [RankSpec(r, r, s.nproc, argv, self.rank_env(r, master_port, handshake, keys[r]))
+        specs = [RankSpec(r, r, s.nproc,
+                          rank_env(self.shared_env, r, s.nproc, self.launcher.bind_ip,
+                                   master_port, run_id),
+                          self.rank_config(r, handshake, keys[r]))
                  for r in range(s.nproc)]
         try:
             procs = await self.launcher.launch(specs)
@@ -142,9 +133,9 @@ class RankPool:
             # the ranks that never reported; once all did, the ones that never answered
             waiting = (sorted(r for r, st in self.ranks.items() if st.info is None)
                        or sorted(r for r in self.ranks if r not in self._ready))
-            detail = "; ".join(
-                f"rank {r}: " + (self.ranks[r].process.stderr_tail() or "no stderr output")
-                for r in waiting[:4])
+            tails = [await self.ranks[r].process.fetch_stderr_tail() for r in waiting[:4]]
+            detail = "; ".join(f"rank {r}: " + (tail or "no stderr output")
+                               for r, tail in zip(waiting, tails, strict=False))
             raise RankStartError(
                 f"ranks {waiting} did not become ready within start_timeout="
                 f"{s.start_timeout:g}s. {detail}") from None
@@ -245,7 +236,8 @@ class RankPool:
 
     async def stop(self, graceful: bool = True) -> None:
         """Ask every rank to shut down (or, not graceful, kill at once: a restart after a
-        death or a wedged cell), then kill whatever is left. Never leaves a process."""
+        death or a wedged cell), then have the launcher end whatever is left: ranks,
+        ranks still starting, and what they started. Never leaves a process."""
         self.stopping = True
         for st in self.ranks.values():
             if graceful and st.link is not None and self.alive(st.rank):
@@ -253,17 +245,14 @@ class RankPool:
             elif self.alive(st.rank):
                 # never linked (still starting) or no grace: nothing to wait for
                 st.process.send_signal(9)
-        waits = [st.process.wait() for st in self.ranks.values()]
+        waits = [asyncio.ensure_future(st.process.wait()) for st in self.ranks.values()]
+        if waits and graceful:
+            await asyncio.wait(waits, timeout=SHUTDOWN_GRACE)
+        await self.launcher.end_ranks()
         if waits:
-            _done, pending = await asyncio.wait(
-                [asyncio.ensure_future(w) for w in waits], timeout=SHUTDOWN_GRACE)
-            if pending:
-                self.signal_all(9)
-                await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
-        self.signal_all(9)  # the ranks' own children, if any outlived them
+            await asyncio.wait(waits, timeout=SHUTDOWN_GRACE)
         for st in self.ranks.values():
             if st.link is not None:
                 st.link.close()
         for w in self._watchers:
             w.cancel()
-        shutil.rmtree(self.rundir, ignore_errors=True)

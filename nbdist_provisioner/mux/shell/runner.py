@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from ...launchers import get_launcher
+from ...launchers import Launcher
 from ...rankset import parse_rank_set
 from ...settings import KernelSettings
 from ..core.effects import (
@@ -60,10 +60,14 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 class Multiplexer:
     """One multi-rank kernel: frontend channels in front, generations of ranks behind."""
 
-    def __init__(self, connection_file: str, settings: KernelSettings) -> None:
+    def __init__(self, connection_file: str, settings: KernelSettings, launcher: Launcher,
+                 rundir: str, shared_env: dict[str, str]) -> None:
         with open(connection_file) as fh:
             conn = json.load(fh)
         self.settings = settings
+        self.launcher = launcher
+        self.rundir = rundir
+        self.shared_env = shared_env
         self.session = Session(key=conn["key"].encode(),
                                signature_scheme=conn.get("signature_scheme", "hmac-sha256"),
                                username="kernel")
@@ -81,6 +85,7 @@ class Multiplexer:
         ), id_prefix=uuid.uuid4().hex[:12])
         self.pools: dict[int, RankPool] = {}
         self._starts: dict[int, asyncio.Task[None]] = {}
+        self._stops: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._done = asyncio.Event()
@@ -100,9 +105,14 @@ class Multiplexer:
         for task in tasks:
             task.cancel()
         self.publisher.flush()
+        await self.launcher.close()
         self.front.close()
         self.ctx.destroy(linger=200)
         return self.exit_status
+
+    def owner_gone(self) -> None:
+        log.warning("the process that owns this kernel is gone; shutting down")
+        self.feed(ShutdownSignal("the kernel's owner is gone"))
 
     def feed(self, event: Event) -> None:
         """Hand one event to the core and carry out what it decides."""
@@ -124,7 +134,8 @@ class Multiplexer:
             elif isinstance(effect, StartRanks):
                 self._starts[effect.generation] = self._spawn(self._start(effect.generation))
             elif isinstance(effect, StopRanks):
-                self._spawn(self._stop(effect.generation, effect.graceful))
+                self._stops.append(self._spawn(self._stop(effect.generation,
+                                                          effect.graceful)))
             elif isinstance(effect, Exit):
                 self.exit_status = effect.status
                 self._done.set()
@@ -140,19 +151,23 @@ class Multiplexer:
                   header_extra=e.header_extra or None, parent=e.parent)
 
     async def _start(self, generation: int) -> None:
-        for old in [g for g in self.pools if g != generation]:
-            await self._stop(old, graceful=False, report=False)
-        pool = RankPool(self.settings, get_launcher(self.settings.launcher), self.ctx,
-                        generation, self.feed, self.feed)
-        self.pools[generation] = pool
+        """Start a generation once every earlier one is stopped; whatever goes wrong is
+        reported as RanksFailed (a start never leaves the kernel waiting)."""
         try:
+            for stop in [t for t in self._stops if not t.done()]:
+                await asyncio.shield(stop)
+            for old in [g for g in self.pools if g != generation]:
+                await self._stop(old, graceful=False, report=False)
+            pool = RankPool(self.settings, self.launcher, self.ctx, generation, self.rundir,
+                            self.shared_env, self.feed, self.feed)
+            self.pools[generation] = pool
             await pool.start()
         except asyncio.CancelledError:
             return  # stopped while starting
         except RankStartError as err:
             self.feed(RanksFailed(generation, str(err)))
             return
-        except Exception as err:  # a launcher plug-in raising anything: never hang
+        except Exception as err:  # a launcher (plug-in) raising anything: never hang
             log.exception("starting ranks failed")
             self.feed(RanksFailed(generation, f"{type(err).__name__}: {err}"))
             return
@@ -164,20 +179,24 @@ class Multiplexer:
         if start is not None and not start.done():
             start.cancel()
         pool = self.pools.pop(generation, None)
-        if pool is not None:
-            await pool.stop(graceful=graceful)
+        try:
+            if pool is not None:
+                await pool.stop(graceful=graceful)
+        except Exception:  # a launcher (plug-in) raising: the kernel must still go on
+            log.exception("stopping ranks of generation %d failed", generation)
         if report:
             self.feed(RanksStopped(generation))
 
     async def _watch_parent(self) -> None:
-        """Stop everything if the process that owns us (server, nbclient) is gone."""
+        """Stop everything if the process that owns us (server, nbclient) is gone: the
+        watch set up at start (``__main__``) covers the first instant; this poll is the
+        fallback where there is neither a parent-death signal nor a pidfd."""
         parent = int(os.environ.get("JPY_PARENT_PID") or 0)
         if not parent or os.getppid() != parent:
             return
         while os.getppid() == parent:
             await asyncio.sleep(PARENT_POLL_SECONDS)
-        log.warning("parent process %d is gone; shutting down", parent)
-        self.feed(ShutdownSignal("the kernel's owner is gone"))
+        self.owner_gone()
 
     # -- frontend ----------------------------------------------------------------------
     def _on_frontend(self, channel: str, idents: list[bytes], msg: dict[str, Any]) -> None:
@@ -198,6 +217,12 @@ class Multiplexer:
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         self.feed(Tick())
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline <= self.loop.time():
+            # a deadline that a tick did not move would spin: look again a little later
+            log.debug("deadline %.3f did not move after a tick", deadline)
+            self._timer_at = self.loop.time() + 0.01
+            self._timer = self.loop.call_at(self._timer_at, self._on_timer)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)

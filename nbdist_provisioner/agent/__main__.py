@@ -1,0 +1,205 @@
+"""``python -m nbdist_provisioner.agent``: starts and supervises the ranks of one kernel.
+
+The multiplexer starts one agent per kernel (it lives across generations of
+ranks). The agent imports what ranks need once, then forks each rank from
+itself (see ``preload``), or starts it by exec when forking is off or unsafe.
+It is single-threaded: one ``select`` loop over its command pipe, the ranks'
+exit pidfds and their stderr pipes. It is a child subreaper, so what ranks
+start in sessions of their own comes back to it and is ended with them.
+
+Its stdin is the lifeline: at end-of-file (the multiplexer ended, even by
+SIGKILL) it kills every rank and everything they started, then exits.
+
+Arguments (not secret): ``--fork`` / ``--no-fork``, ``--preload-torch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import selectors
+import signal
+import sys
+from typing import Any
+
+from .. import proctree
+from .children import RankChild, exec_rank, fork_rank
+from .protocol import MAX_LINE, decode, encode
+
+
+class Agent:
+    def __init__(self, forking: bool, why_not: str) -> None:
+        self.forking = forking
+        self.why_not = why_not
+        self.sel = selectors.DefaultSelector()
+        self.ranks: dict[int, RankChild] = {}
+        self._commands = b""
+        self._stdin = sys.stdin.buffer.fileno()
+        self._stdout = sys.stdout.buffer.fileno()
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_w, False)
+        os.set_blocking(self._stdin, False)
+
+    def send(self, event: dict[str, Any]) -> None:
+        data = encode(event)
+        os.set_blocking(self._stdout, True)
+        while data:
+            data = data[os.write(self._stdout, data):]
+
+    def run(self) -> int:
+        signal.set_wakeup_fd(self._wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # (wakes the loop: reap orphans)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        self.sel.register(self._stdin, selectors.EVENT_READ, "commands")
+        self.sel.register(self._wakeup_r, selectors.EVENT_READ, "wakeup")
+        self.send({"event": "ready", "pid": os.getpid(), "forking": self.forking,
+                   "why_not": self.why_not})
+        while True:
+            for key, _ in self.sel.select():
+                what = key.data
+                if what == "commands":
+                    if not self._read_commands():
+                        self.end_all()
+                        return 0
+                elif what == "wakeup":
+                    with contextlib.suppress(BlockingIOError):
+                        signals = os.read(self._wakeup_r, 512)
+                        if signal.SIGTERM.to_bytes(1, "little") in signals:
+                            self.end_all()
+                            return 0
+                    self.reap_orphans()
+                elif isinstance(what, tuple) and what[0] == "exit":
+                    self._rank_ended(what[1])
+                elif isinstance(what, tuple) and what[0] == "stderr":
+                    child = what[1]
+                    if not child.read_stderr():
+                        self.sel.unregister(key.fd)
+
+    # -- commands ----------------------------------------------------------------------
+    def _read_commands(self) -> bool:
+        try:
+            data = os.read(self._stdin, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        self._commands += data
+        if len(self._commands) > MAX_LINE:
+            self._commands = b""
+            self.send({"event": "error", "error": "a command line was too long; dropped"})
+        while b"\n" in self._commands:
+            line, self._commands = self._commands.split(b"\n", 1)
+            try:
+                self.command(decode(line))
+            except Exception as err:  # a bad command: say so, keep serving
+                self.send({"event": "error", "error": f"{type(err).__name__}: {err}"})
+        return True
+
+    def command(self, cmd: dict[str, Any]) -> None:
+        op = cmd.get("op")
+        if op == "start":
+            for spec in cmd["ranks"]:
+                self.start_rank(int(spec["rank"]), dict(spec["env"]), str(spec["config"]))
+        elif op == "signal":
+            child = self.ranks.get(int(cmd["rank"]))
+            if child is not None:
+                child.signal(int(cmd["signum"]))
+        elif op == "tail":
+            child = self.ranks.get(int(cmd["rank"]))
+            if child is not None:
+                child.read_stderr()
+            self.send({"event": "tail", "rank": cmd["rank"],
+                       "tail": child.tail_text() if child else ""})
+        elif op == "end_all":
+            self.end_all()
+            self.send({"event": "ended"})
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+    def start_rank(self, rank: int, env: dict[str, str], config: str) -> None:
+        try:
+            child = (fork_rank if self.forking else exec_rank)(rank, env, config)
+        except OSError as err:
+            self.send({"event": "failed", "rank": rank, "error": str(err)})
+            return
+        self.ranks[rank] = child
+        self.sel.register(child.stderr, selectors.EVENT_READ, ("stderr", child))
+        if child.pidfd >= 0:
+            self.sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+        self.send({"event": "started", "rank": rank, "pid": child.pid})
+
+    # -- ends ---------------------------------------------------------------------------
+    def _rank_ended(self, child: RankChild) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(child.pidfd)
+        if child.stderr >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(child.stderr)
+        code = child.ended()
+        if self.ranks.get(child.rank) is child:
+            del self.ranks[child.rank]
+        self.send({"event": "exited", "rank": child.rank, "pid": child.pid,
+                   "returncode": code, "tail": child.tail_text()})
+        if not self.ranks:
+            self.sweep()  # what the ranks started and left behind ends with them
+
+    def reap_orphans(self) -> None:
+        """Reap ended children that are not ranks (adopted orphans); ranks with no pidfd
+        are noticed here too."""
+        for pid in proctree.children_of(os.getpid()):
+            child = next((c for c in self.ranks.values() if c.pid == pid), None)
+            if child is not None:
+                if child.pidfd < 0 and _ended(pid):
+                    self._rank_ended(child)
+                continue
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+    def sweep(self) -> None:
+        """End every process left from ranks that are gone (orphans adopted by us)."""
+        ranks = {c.pid for c in self.ranks.values()}
+        for pid in proctree.children_of(os.getpid()):
+            if pid not in ranks:
+                proctree.kill_descendants(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.reap_orphans()
+
+    def end_all(self) -> None:
+        """End every rank and every process they started (all our descendants)."""
+        for child in list(self.ranks.values()):
+            child.signal(signal.SIGKILL)
+        proctree.kill_descendants(os.getpid())
+        for child in list(self.ranks.values()):
+            with contextlib.suppress(ChildProcessError):
+                self._rank_ended(child)
+        proctree.reap_children()
+
+
+def _ended(pid: int) -> bool:
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbdist_provisioner.agent")
+    parser.add_argument("--no-fork", action="store_true", help="start ranks by exec")
+    parser.add_argument("--preload-torch", action="store_true")
+    args = parser.parse_args(argv)
+    # first: nothing we start may outlive us, and we end with our parent
+    proctree.become_subreaper()
+    proctree.set_parent_death_signal(signal.SIGTERM)
+    forking, why_not = False, "the fork server is turned off (fork_server=False)"
+    if not args.no_fork:
+        from .preload import preload
+
+        forking, why_not = preload(torch=args.preload_torch)
+    return Agent(forking, why_not).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Rank processes of the agent: started by fork (imports shared) or exec, and supervised.
+
+Each rank runs in a session of its own (its signals reach what it started and
+nothing else). Its stderr goes to a pipe of the agent, kept as a bounded tail
+for the report of its death. Its exit is noticed through a pidfd *before* it is
+reaped: while it is a zombie its process group id cannot be reused, so its group
+is killed then, and only then is it reaped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+
+from .. import proctree
+
+#: Trailing stderr lines kept per rank, and their longest length.
+TAIL_LINES = 200
+MAX_LINE = 1000
+_READ = 1 << 16
+
+
+@dataclass
+class RankChild:
+    rank: int
+    pid: int
+    #: readable when the rank has ended (-1: no pidfd on this platform)
+    pidfd: int
+    #: the read end of the rank's stderr pipe (-1 once closed)
+    stderr: int
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    partial: bytes = b""
+    returncode: int | None = None
+
+    def read_stderr(self) -> bool:
+        """Read what the pipe holds now; False at end of file."""
+        while self.stderr >= 0:
+            try:
+                data = os.read(self.stderr, _READ)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self._flush_partial()
+                os.close(self.stderr)
+                self.stderr = -1
+                return False
+            lines = (self.partial + data).split(b"\n")
+            self.partial = lines.pop()[-4 * MAX_LINE:]
+            for line in lines:
+                self._add(line)
+        return False
+
+    def tail_text(self) -> str:
+        lines = list(self.tail)
+        if self.partial:
+            lines.append(self.partial.decode("utf-8", "replace")[:MAX_LINE])
+        return "\n".join(lines)
+
+    def signal(self, signum: int) -> None:
+        """Signal the rank's group; a no-op once reaped (its group id is not ours then)."""
+        if self.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def ended(self) -> int:
+        """The rank has ended: kill its group while the id is still its own, reap it."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.read_stderr()
+        return self.returncode
+
+    def _add(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        self.tail.append(line[:MAX_LINE] + ("…" if len(line) > MAX_LINE else ""))
+
+    def _flush_partial(self) -> None:
+        if self.partial:
+            self._add(self.partial)
+            self.partial = b""
+
+
+def _pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return -1
+
+
+def fork_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
+    """Fork a rank from this (preloaded, single-threaded) process."""
+    from nbdist_provisioner.rank.config import RankConfig
+
+    config = RankConfig.from_json(config_json)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the rank
+        code = 1
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            os.dup2(write_end, 2)
+            os.closerange(3, _max_fd())  # the agent's pipes are not the rank's
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+                signal.signal(signum, signal.SIG_DFL)
+            os.environ.clear()
+            os.environ.update(env)
+            _fresh_randomness()
+            proctree.set_name(f"nbdist-rank-{rank}")
+            from nbdist_provisioner.rank.kernel_main import run
+
+            run(config)
+            code = 0
+        except SystemExit as err:
+            code = err.code if isinstance(err.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    return RankChild(rank, pid, _pidfd(pid), read_end)
+
+
+def exec_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
+    """Start a rank as a new interpreter; its record goes through a pipe on its stdin.
+
+    (The pipes are close-on-exec: the rank inherits only its stdin and stderr.)
+    """
+    read_end, write_end = os.pipe()
+    config_read, config_write = os.pipe()
+    argv = [sys.executable, "-Xfrozen_modules=off", "-m", "nbdist_provisioner.rank"]
+    try:
+        pid = os.posix_spawn(sys.executable, argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, config_read, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, write_end, 2)])
+    finally:
+        os.close(config_read)
+        os.close(write_end)
+    try:
+        with os.fdopen(config_write, "w") as fh:
+            fh.write(config_json + "\n")
+    except BrokenPipeError:
+        pass  # it died at once: its exit tells why
+    os.set_blocking(read_end, False)
+    return RankChild(rank, pid, _pidfd(pid), read_end)
+
+
+def _fresh_randomness() -> None:
+    """A forked rank would share the agent's random state; exec'ed ranks never did."""
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        with contextlib.suppress(Exception):
+            numpy.random.seed()
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 4096
