@@ -145,7 +145,7 @@ class Sim:
         r.alive = False
         r.queues.clear()
         return self.feed(RankExited(r.generation, rank, how or f"rank {rank} (pid {100 + rank}) "
-                                    "was killed by signal SIGKILL", tail, sigkill=True))
+                                    "was killed by signal SIGKILL", tail))
 
     def start_failed(self, error: str = "rank 1 could not import zmq") -> list[Effect]:
         return self.feed(RanksFailed(self.core.generation, error))

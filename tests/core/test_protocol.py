@@ -382,3 +382,90 @@ def test_shutdown_request_stops_the_ranks_then_replies_and_exits():
     assert sim.exited == 0
     assert all(not isinstance(e, SendToRank) or e.msg_type != "execute_request"
                or e.content["code"] != "x" for e in sim.log)
+
+
+# -- found in review ---------------------------------------------------------------------
+def test_a_subshell_some_ranks_could_not_make_is_an_error_and_is_undone():
+    sim = Sim(nproc=2)
+    sim.auto = False
+    created = sim.frontend("create_subshell_request", channel="control")
+    for e in sim.sent("create_subshell_request"):
+        content = ({"status": "ok", "subshell_id": "made-on-0"} if e.rank == 0 else
+                   {"status": "error", "ename": "RuntimeError", "evalue": "no thread"})
+        sim.rank_says(e.rank, "control", "create_subshell_reply", content, e.msg_id)
+        sim.rank_says(e.rank, "iopub", "status", {"execution_state": "idle"}, e.msg_id)
+    reply = sim.reply(created)
+    assert reply["status"] == "error" and "ranks [1]" in reply["evalue"]
+    (undo,) = sim.sent("delete_subshell_request")
+    assert undo.rank == 0 and undo.content == {"subshell_id": "made-on-0"}
+    assert sim.core.subshells.ids() == []
+
+
+def test_deleting_a_subshell_fails_what_waits_in_it():
+    sim = Sim(nproc=1)
+    subshell = sim.reply(sim.frontend("create_subshell_request", channel="control"))[
+        "subshell_id"]
+    sim.auto = False
+    running = sim.frontend("execute_request", {"code": "a"}, header={"subshell_id": subshell})
+    waiting = sim.frontend("execute_request", {"code": "b"}, header={"subshell_id": subshell})
+    deleted = sim.frontend("delete_subshell_request", {"subshell_id": subshell},
+                           channel="control")
+    sim.deliver(0, "control")
+    while sim.ranks[0].queues["iopub"]:
+        sim.deliver(0, "iopub")  # the delete is done while "a" still runs
+    sim.deliver_all()
+    assert sim.reply(deleted)["status"] == "ok"
+    assert sim.reply(waiting)["ename"] == "UnknownSubshellError"
+    assert sim.reply(running)["status"] == "ok"
+    assert subshell not in sim.core._queues and subshell not in sim.core._active
+
+
+def test_subshell_requests_are_only_served_on_control():
+    sim = Sim()
+    reply = sim.reply(sim.frontend("create_subshell_request"))
+    assert reply["ename"] == "BadRequest" and "control channel" in reply["evalue"]
+    assert sim.sent() == []
+
+
+def test_execute_on_control_is_served_and_unknown_control_requests_get_a_status():
+    sim = Sim()
+    cell = sim.frontend("execute_request", {"code": "x"}, channel="control", plan=Plan())
+    assert sim.reply(cell)["status"] == "ok"
+    assert [e.channel for e in sim.sent("execute_request")] == ["control", "control"]
+    usage = sim.frontend("usage_request", channel="control")
+    assert sim.statuses(usage) == ["busy", "idle"]
+
+
+def test_a_comm_message_waits_for_the_idle_of_ranks_a_cell_does_not_keep_busy():
+    """%%rank 0 runs: rank 1 handles the comm in turn (busy/idle), rank 0 beside the cell."""
+    sim = Sim(nproc=2)
+    sim.auto = False
+    sim.execute("%%rank 0\nwait()", plan=Plan(hanging=frozenset({0})))
+    msg = sim.frontend("comm_open", {"comm_id": "c", "target_name": "t", "data": {}})
+    assert sim.statuses(msg) == ["busy"]
+    (to_rank_1,) = sim.sent("comm_open", rank=1)
+    sim.rank_says(1, "iopub", "stream", {"name": "stdout", "text": "opened on 1\n"},
+                  to_rank_1.msg_id)
+    sim.deliver_all()
+    seen = [e.msg_type for e in sim.iopub(msg)]
+    assert seen[-1] == "status" and "stream" in seen
+    assert sim.statuses(msg) == ["busy", "idle"]
+
+
+def test_an_error_is_not_held_behind_a_display_that_waits_for_a_slow_rank():
+    sim = Sim(nproc=3)
+    sim.auto = False
+    cell = sim.execute("plot()")
+    rank_ids = {e.rank: e.msg_id for e in sim.sent("execute_request")}
+    sim.rank_says(2, "iopub", "error", {"ename": "E", "evalue": "v", "traceback": []},
+                  rank_ids[2])
+    sim.tick(0.2)
+    sim.rank_says(0, "iopub", "display_data", {"data": {"text/plain": "fig"}, "metadata": {}},
+                  rank_ids[0])
+    deadlines = []
+    for _ in range(30):
+        deadline = sim.core.next_deadline()
+        assert deadline is None or deadline > sim.now, "a deadline in the past: it would spin"
+        deadlines.append(deadline)
+        sim.tick(0.1)
+    assert sim.outputs(cell, "error")

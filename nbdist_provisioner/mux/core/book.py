@@ -26,11 +26,11 @@ class Probe:
 
 
 class RequestBook:
-    def __init__(self) -> None:
+    def __init__(self, nproc: int = 1) -> None:
         #: requests being served, in arrival order
         self.open: dict[Request, None] = {}
         self._live: dict[str, tuple[Request, int]] = {}
-        self.finished = FinishedRequests()
+        self.finished = FinishedRequests(nproc)
         self._probes: dict[str, Probe] = {}
         self._internal: OrderedDict[str, str] = OrderedDict()
 

@@ -67,7 +67,7 @@ class AskInput:
 
 @dataclass(frozen=True, slots=True)
 class StartRanks:
-    """Start the ranks of ``generation`` (stopping any earlier ones at once)."""
+    """Start the ranks of ``generation``, once every earlier generation is stopped."""
 
     generation: int
 

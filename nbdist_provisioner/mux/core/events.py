@@ -80,8 +80,6 @@ class RankExited:
     how: str
     #: its last stderr lines, unfiltered
     stderr_tail: str = ""
-    #: killed by SIGKILL (what the out-of-memory killer sends)
-    sigkill: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ INTERRUPT_GRACE = 2.0
 #: Seconds after the last rank reply without its iopub idle before the ranks are
 #: probed (the idle may have been dropped with an overflowing output queue).
 IDLE_PROBE_AFTER = 1.0
+#: Idle probes of a request before a rank whose idles keep being lost is taken as idle.
+MAX_IDLE_PROBES = 5
 #: Seconds a rank that went idle gets for its reply to arrive (on another socket)
 #: before the request is taken as unanswered (ipykernel sends none when a handler fails).
 MISSING_REPLY_GRACE = 2.0

@@ -4,13 +4,13 @@ Ranks come in generations: the first start is generation 1, and every time a
 rank dies (or a wedged cell is escalated) the kernel replaces all of them with
 the next generation, so any client keeps a working kernel without a restarter.
 A rank that keeps dying right after each start would make that a loop: after
-``MAX_QUICK_DEATHS`` deaths within ``QUICK_DEATH_WINDOW`` seconds the kernel
-stops trying and every request fails with the cause.
+``MAX_QUICK_DEATHS`` generations in a row that died within ``QUICK_DEATH_WINDOW``
+seconds of becoming ready, the kernel stops trying and every request fails with
+the cause. Ranks the user gave up on (a second interrupt) do not count.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from enum import Enum
 
 MAX_QUICK_DEATHS = 3
@@ -31,13 +31,16 @@ class RankLifecycle:
         self.phase = Phase.STARTING
         self.generation = 1
         self.failure: str | None = None
-        self._deaths: deque[float] = deque()
+        self._ready_at = 0.0
+        #: generations in a row that died soon after they became ready
+        self._quick_deaths = 0
 
-    def ready(self, generation: int) -> bool:
+    def ready(self, generation: int, now: float = 0.0) -> bool:
         """Ranks of ``generation`` are up; False if they are not the current ones."""
         if generation != self.generation or self.phase is not Phase.STARTING:
             return False
         self.phase = Phase.READY
+        self._ready_at = now
         return True
 
     def start_failed(self, generation: int, error: str) -> bool:
@@ -47,18 +50,20 @@ class RankLifecycle:
         self.failure = error
         return True
 
-    def replace(self, now: float, why: str) -> bool:
-        """The current ranks are lost; True: start the next generation. False: they died
-        too often too quickly, and the kernel is FAILED with the reason."""
-        self._deaths.append(now)
-        while self._deaths and now - self._deaths[0] > QUICK_DEATH_WINDOW:
-            self._deaths.popleft()
-        if len(self._deaths) >= MAX_QUICK_DEATHS:
+    def replace(self, now: float, why: str, death: bool = True) -> bool:
+        """The current ranks are lost (``death``: one of them died); True: start the next
+        generation. False: they died too often, right after starting, and the kernel is
+        FAILED with the reason."""
+        if death and now - self._ready_at <= QUICK_DEATH_WINDOW:
+            self._quick_deaths += 1
+        else:
+            self._quick_deaths = 0
+        if self._quick_deaths >= MAX_QUICK_DEATHS:
             self.phase = Phase.FAILED
-            self.failure = (f"ranks were lost {len(self._deaths)} times within "
-                            f"{QUICK_DEATH_WINDOW:g}s, the last time because {why}; the "
-                            f"kernel stopped starting new ranks. Restart the kernel to try "
-                            f"again.")
+            self.failure = (f"ranks died {self._quick_deaths} times in a row within "
+                            f"{QUICK_DEATH_WINDOW:g}s of starting, the last time because "
+                            f"{why}; the kernel stopped starting new ranks. Restart the "
+                            f"kernel to try again.")
             return False
         self.generation += 1
         self.phase = Phase.STARTING

@@ -36,6 +36,8 @@ class Policy:
     #: On shell, waits its turn behind earlier requests (ipykernel handles shell
     #: requests one at a time; comm messages are dispatched at once).
     ordered: bool = True
+    #: Served on the control channel only (as ipykernel does).
+    control_only: bool = False
 
 
 _MUX = Policy(Route.MUX, Merge.NONE)
@@ -47,7 +49,7 @@ POLICIES: dict[str, Policy] = {
     "connect_request": _MUX,
     "shutdown_request": _MUX,
     "interrupt_request": _MUX,
-    "list_subshell_request": _MUX,
+    "list_subshell_request": Policy(Route.MUX, Merge.NONE, control_only=True),
     "complete_request": _PRIMARY,
     "inspect_request": _PRIMARY,
     "is_complete_request": _PRIMARY,
@@ -56,8 +58,8 @@ POLICIES: dict[str, Policy] = {
     "comm_open": Policy(Route.ALL, Merge.NONE, ordered=False),
     "comm_msg": Policy(Route.COMM, Merge.NONE, ordered=False),
     "comm_close": Policy(Route.COMM, Merge.NONE, ordered=False),
-    "create_subshell_request": Policy(Route.ALL, Merge.SUBSHELL),
-    "delete_subshell_request": Policy(Route.ALL, Merge.ALL_OK),
+    "create_subshell_request": Policy(Route.ALL, Merge.SUBSHELL, control_only=True),
+    "delete_subshell_request": Policy(Route.ALL, Merge.ALL_OK, control_only=True),
     "debug_request": Policy(Route.DEBUG, Merge.FIRST),
 }
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from ...rankset import format_ranks
 from .events import FrontendMessage
-from .policy import Policy, reply_type
+from .policy import Merge, Policy
 
 Json = dict[str, Any]
 
-#: How many finished requests' rank msg_ids are remembered for late output.
-REMEMBER_FINISHED = 1024
+#: Rank msg_ids of finished requests remembered (per rank) for late output and for
+#: the Output widget's captured ids.
+REMEMBER_PER_RANK = 512
 
 
 @dataclass(eq=False)
@@ -51,7 +52,8 @@ class Request:
     interrupt_check_at: float | None = None
     #: a second interrupt restarts the ranks
     escalation_armed: bool = False
-    interrupted: bool = False
+    #: idle probes sent so far
+    probes: int = 0
 
     @property
     def msg_id(self) -> str:
@@ -106,8 +108,8 @@ class FinishedEntry:
 class FinishedRequests:
     """rank msg_id -> the finished frontend request it served (bounded, oldest out)."""
 
-    def __init__(self, size: int = REMEMBER_FINISHED) -> None:
-        self._size = size
+    def __init__(self, nproc: int = 1) -> None:
+        self._size = REMEMBER_PER_RANK * max(1, nproc)
         self._entries: OrderedDict[str, FinishedEntry] = OrderedDict()
 
     def add(self, req: Request) -> None:
@@ -160,10 +162,10 @@ def merge_execute_reply(req: Request) -> Json:
 
 
 def merge_reply(req: Request) -> Json:
-    """The reply of a non-execute request, by its policy's merge rule."""
-    from .policy import Merge
-
+    """The reply of a request the ranks answer (not an execute, not a subshell creation),
+    by its policy's merge rule."""
     merge = req.policy.merge
+    assert merge in (Merge.COMM_INFO, Merge.ALL_OK, Merge.FIRST), merge
     if merge is Merge.COMM_INFO:
         comms: Json = {}
         for rank in sorted(req.replies):
@@ -184,7 +186,3 @@ def merge_reply(req: Request) -> Json:
         why = req.dead.get(primary, "no rank answered") if primary is not None else "no rank"
         return {"status": "error", **error_content(req.dead_ename, why)}
     return reply
-
-
-def reply_msg_type(req: Request) -> str:
-    return reply_type(req.msg_type)

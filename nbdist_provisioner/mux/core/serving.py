@@ -36,15 +36,16 @@ class Serving(CoreState):
                 self._log("warning", f"ignored unsupported {msg_type} on stdin")
             return
         policy = policy_for(msg_type)
-        if policy is None or (msg_type == "execute_request" and m.channel != "shell"):
-            # as ipykernel: logged, and on shell a busy/idle so no client waits for it
+        if policy is None:
+            # as ipykernel: logged, with a busy/idle so no client waits for it
             self._log("warning", f"ignored unsupported {msg_type} on {m.channel}")
-            if m.channel == "shell":
-                self._status("busy", m.header)
-                self._status("idle", m.header)
+            self._status("busy", m.header)
+            self._status("idle", m.header)
             return
         req = Request(m, policy)
         bad = bad_content(msg_type, m.content)
+        if bad is None and policy.control_only and m.channel != "control":
+            bad = f"{msg_type} is only served on the control channel"
         if bad is not None:
             self._log("warning", f"refused a malformed {msg_type} on {m.channel}: {bad}")
             self._status("busy", req.header)
@@ -158,22 +159,28 @@ class Serving(CoreState):
             self.book.sent(req, rank, self._send_request(req, rank, rank_content))
 
     def _send_comm(self, req: Request) -> None:
-        """A comm message has no reply. A rank handles it in turn, idle after, unless a
-        cell runs there: then ipykernel handles it at once and says nothing, and so the
-        kernel's idle comes at once. Its output (a widget callback's) is always routed."""
+        """A comm message has no reply. A rank handles it in turn and goes idle after,
+        except a rank busy with a shell request: ipykernel handles the comm beside it at
+        once and publishes no status, so the kernel does not wait for that rank. Output
+        of the comm's handler (a widget callback's) is routed either way."""
         self.out.remember(req)
-        running = {r for open_req in self.book.open if open_req.msg_type == "execute_request"
-                   and not open_req.queue for r in open_req.targets}
-        if running.intersection(req.targets):
-            for rank in req.targets:
-                self.book.sent_untracked(req, rank, self._send_request(req, rank, req.content))
+        main = self._active.get("")
+        busy = ({r for r in main.targets if not main.rank_done(r)}
+                 if main is not None and main in self.book.open else set())
+        for rank in req.targets:
+            msg_id = self._send_request(req, rank, req.content)
+            if rank in busy:
+                self.book.sent_untracked(req, rank, msg_id)
+            else:
+                self.book.sent(req, rank, msg_id)
+        req.targets = tuple(r for r in req.targets if r not in busy)
+        if not req.targets:
             self.book.finished.add(req)
             self._status("idle", req.header)
             return
-        self.book.opened(req)
         for rank in req.targets:
             req.replies[rank] = {}
-            self.book.sent(req, rank, self._send_request(req, rank, req.content))
+        self.book.opened(req)
         req.idle_probe_at = self._now + faults.IDLE_PROBE_AFTER
 
     def _send_request(self, req: Request, rank: int, content: Json,
@@ -255,6 +262,8 @@ class Serving(CoreState):
     def _advance(self, req: Request) -> None:
         if req.queue is not None and self._active.get(req.queue) is req:
             self._active[req.queue] = None
+            if req.queue not in self._queues:  # a subshell deleted while this ran
+                del self._active[req.queue]
             self._pump(req.queue)
 
     def _mark_aborted(self, queue: str) -> None:
@@ -266,7 +275,8 @@ class Serving(CoreState):
     def _finish(self, req: Request) -> None:
         """Every target replied and went idle (or died): one reply, then idle."""
         self.book.close(req)
-        if req.policy.merge is Merge.NONE:
+        if req.policy.merge is Merge.NONE:  # a comm message: what its handler printed, idle
+            self._fx.extend(self.out.finish(req, self._now))
             self._status("idle", req.header)
             return
         if req.msg_type == "execute_request":
@@ -277,19 +287,41 @@ class Serving(CoreState):
         else:
             reply = merge_reply(req)
             if (req.msg_type == "delete_subshell_request" and reply.get("status") == "ok"):
-                self.subshells.remove(str(req.content.get("subshell_id", "")))
+                self._drop_subshell(str(req.content.get("subshell_id", "")), "it was deleted")
         self._show_input(self.inputs.drop_request(req.msg_id))
         self._done(req, reply)
 
     def _made_subshell(self, req: Request) -> Json:
         ids = {r: str(rep.get("subshell_id", "")) for r, rep in req.replies.items()
-               if rep.get("status") == "ok"}
+               if rep.get("status") == "ok" and rep.get("subshell_id")}
         if len(ids) != len(req.targets):
-            return merge_reply(req) if req.replies else {
-                "status": "error", **error_content("RankDied", "no rank answered")}
+            # one subshell for some ranks only is no subshell: undo it where it was made
+            for rank, rank_id in ids.items():
+                msg_id = self._new_id()
+                self.book.internal(msg_id, "delete a half-made subshell")
+                self._fx.append(SendToRank(self.life.generation, rank, "control",
+                                           "delete_subshell_request", msg_id,
+                                           {"subshell_id": rank_id}))
+            failed = [r for r in req.targets if r not in ids]
+            why = next((f"{rep.get('ename', 'Error')}: {rep.get('evalue', '')}"
+                        for r, rep in sorted(req.replies.items()) if r in failed),
+                       req.dead.get(failed[0], "no answer") if failed else "no answer")
+            return {"status": "error", **error_content(
+                "SubshellError", f"ranks {failed} could not make a subshell ({why})")}
         subshell_id = self._new_id()
         self.subshells.add(subshell_id, ids)
         self._queues.setdefault(subshell_id, deque())
         self._active.setdefault(subshell_id, None)
         return {"status": "ok", "subshell_id": subshell_id}
+
+    def _drop_subshell(self, subshell_id: str, why: str) -> None:
+        """A subshell is gone: what waits in its queue fails, the queue goes."""
+        self.subshells.remove(subshell_id)
+        for queued in self._queues.pop(subshell_id, ()):
+            queued.queue = None
+            self._status("busy", queued.header)
+            self._fail(queued, "UnknownSubshellError", f"subshell {subshell_id!r} is gone "
+                                                       f"({why})")
+        if self._active.get(subshell_id) is None:
+            self._active.pop(subshell_id, None)
 

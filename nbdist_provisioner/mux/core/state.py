@@ -45,7 +45,7 @@ class CoreState:
         self.config = config
         self.ranks = tuple(range(config.nproc))
         self.life = RankLifecycle()
-        self.book = RequestBook()
+        self.book = RequestBook(config.nproc)
         self.prefixes = {r: self._prefix(r, r, "") for r in self.ranks}
         shown = set(config.output_ranks) if config.output_ranks is not None else set(self.ranks)
         self.out = OutputRouter(self.prefixes, shown, self._frontend_id)
@@ -92,6 +92,9 @@ class CoreState:
         raise NotImplementedError
 
     def _shutdown(self, req: Request | None, why: str) -> None:
+        raise NotImplementedError
+
+    def _drop_subshell(self, subshell_id: str, why: str) -> None:
         raise NotImplementedError
 
     # -- small helpers ------------------------------------------------------------------

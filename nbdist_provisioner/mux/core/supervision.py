@@ -21,7 +21,7 @@ from .state import CoreState
 
 class Supervision(CoreState):
     def _on_ready(self, ev: RanksReady) -> None:
-        if not self.life.ready(ev.generation):
+        if not self.life.ready(ev.generation, self._now):
             return
         self.rank_infos = dict(ev.ranks)
         for rank, info in ev.ranks.items():
@@ -41,6 +41,7 @@ class Supervision(CoreState):
                                                      "again."):
             return
         self._log("error", f"ranks could not start: {ev.error}")
+        self._notes.clear()  # ("these are new ranks": there are none)
         self._fx.append(StopRanks(ev.generation, graceful=False))
         waiting, self._waiting = self._waiting, []
         for req in waiting:
@@ -55,27 +56,25 @@ class Supervision(CoreState):
         self._log("error", f"{ev.how}; last stderr lines:\n{ev.stderr_tail}")
         busy = any(r.msg_type == "execute_request" for r in self.book.open)
         restarting = self._replace_ranks(
-            ev.how, dead_rank=ev.rank,
+            ev.how, dead_rank=ev.rank, death=True,
             cell_error=lambda restart: faults.death_error(ev.how, ev.stderr_tail,
                                                           self.config.nproc, restart))
         if restarting:
             if busy:
-                self._notes.append(faults.new_ranks_note(f"{ev.how.split(' (')[0]} died"))
+                self._notes.append(faults.new_ranks_note(f"rank {ev.rank} died"))
             else:
                 self._notes.append(faults.idle_death_note(ev.how, ev.stderr_tail))
                 self._notes.append(faults.new_ranks_note("they replaced the lost ones"))
 
-    def _replace_ranks(self, why: str, dead_rank: int | None, cell_error: Any) -> bool:
-        """The ranks are lost: end every open request, then start new ranks (or give up)."""
+    def _replace_ranks(self, why: str, dead_rank: int | None, cell_error: Any,
+                       death: bool = False) -> bool:
+        """The ranks are lost (``death``: one died, else the user gave them up): end every
+        open request, then start new ranks, or give up when they keep dying."""
         old = self.life.generation
-        restarting = self.life.replace(self._now, why)
+        restarting = self.life.replace(self._now, why, death)
         error = cell_error(restarting)
-        for name in list(self._queues):
-            if name:  # the ranks' subshells are gone with them
-                for queued in self._queues.pop(name):
-                    self._status("busy", queued.header)
-                    self._fail(queued, "UnknownSubshellError", f"subshell {name!r} was lost "
-                                                               f"with its ranks ({why})")
+        for name in [n for n in self._queues if n]:  # the ranks' subshells went with them
+            self._drop_subshell(name, f"it was lost with its ranks: {why}")
         for req in list(self.book.open):
             req.dead_ename = str(error["ename"])
             for rank in req.targets:
@@ -114,13 +113,15 @@ class Supervision(CoreState):
             self._notes.append(faults.new_ranks_note("an interrupt could not stop the last "
                                                      "cell"))
             return
-        for rank in self.ranks:
+        # the ranks that run something (a SIGINT between two cells could cost an idle rank
+        # the reply of its next cell); with nothing running, every rank
+        running = sorted({r for req in self.book.open for r in req.running_ranks()})
+        for rank in running or self.ranks:
             msg_id = self._new_id()
             self.book.internal(msg_id, "interrupt")
             self._fx.append(SendToRank(self.life.generation, rank, "control",
                                        "interrupt_request", msg_id, {}))
         for req in cells:
-            req.interrupted = True
             req.interrupt_check_at = self._now + faults.INTERRUPT_GRACE
 
     def _shutdown(self, req: Request | None, why: str) -> None:
@@ -159,7 +160,8 @@ class Supervision(CoreState):
                 self._probe_idles(req)
             if req.missing_reply_at is not None and req.missing_reply_at <= now:
                 self._give_up_replies(req)
-                continue
+                if req not in self.book.open:
+                    continue
             if req.failure_check_at is not None and req.failure_check_at <= now:
                 req.failure_check_at, req.failure_checked = None, True
                 failed, running = req.failed_ranks(), req.running_ranks()
@@ -180,6 +182,8 @@ class Supervision(CoreState):
         shell queue for good."""
         req.missing_reply_at = None
         silent = [r for r in req.targets if r in req.idle and r not in req.replies]
+        if not silent:
+            return  # (the replies came after all)
         for rank in silent:
             req.replies[rank] = {"status": "error", **error_content(
                 "NoReply", f"rank {rank} went idle without answering {req.msg_type} "
@@ -196,6 +200,15 @@ class Supervision(CoreState):
         req.idle_probe_at = None
         waiting = [r for r in req.targets if r in req.replies and r not in req.idle
                    and r not in req.dead]
+        req.probes += 1
+        if req.probes > faults.MAX_IDLE_PROBES:
+            # its idles keep being lost (a thread of it floods output): take it as idle
+            self._log("warning", f"ranks {waiting} never went idle for {req.msg_type} "
+                                 f"{req.msg_id}; taken as idle after {req.probes - 1} probes")
+            req.idle.update(waiting)
+            if req.complete():
+                self._finish(req)
+            return
         for rank in waiting:
             msg_id = self._new_id()
             self.book.probe(msg_id, req, rank)

@@ -9,7 +9,6 @@ so the frontend sees a request's outputs before its reply and its idle last.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from jupyter_client.session import Session
 
@@ -20,14 +19,12 @@ from .frontend import FrontendChannels
 
 class Publisher:
     def __init__(self, session: Session, front: FrontendChannels,
-                 loop: asyncio.AbstractEventLoop,
-                 on_flush: Callable[[], None] | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.session = session
         self.front = front
         self.loop = loop
         self._queue = PublishQueue()
         self._scheduled = False
-        self._on_flush = on_flush
 
     def publish(self, effect: Publish) -> None:
         self._queue.add(effect.parent, str(effect.parent.get("msg_id", "")), effect.msg_type,
@@ -56,5 +53,3 @@ class Publisher:
             self.session.send(sock, item.msg_type, item.content, parent=item.parent,
                               metadata=item.metadata or None,
                               buffers=list(item.buffers) or None)
-        if self._on_flush is not None:
-            self._on_flush()

@@ -218,9 +218,8 @@ class RankPool:
         await st.process.wait()
         st.exited = True
         if not self.stopping:
-            code = st.process.returncode
             self._on_exit(RankExited(self.generation, st.rank, how_it_ended(st.process),
-                                     st.process.stderr_tail(), sigkill=code == -9))
+                                     st.process.stderr_tail()))
 
     def link(self, rank: int) -> RankLink | None:
         st = self.ranks.get(rank)

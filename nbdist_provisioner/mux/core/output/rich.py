@@ -126,15 +126,16 @@ class RichMerger:
         return self._take()
 
     def next_deadline(self) -> float | None:
-        times = [s.first_seen + self._deadline for r in self._requests.values()
-                 for s in r.slots.values()]
+        # (slots resolve in the order they were opened: only each request's first counts)
+        times = [next(iter(r.slots.values())).first_seen + self._deadline
+                 for r in self._requests.values() if r.slots]
         return min(times) if times else None
 
     def finish(self, parent: str) -> list[RichOut]:
         """The request is done: everything held goes out now."""
         req = self._requests.pop(parent, None)
         if req is not None:
-            for key in sorted(req.slots):
+            for key in list(req.slots):
                 self._resolve(parent, req, key)
         return self._take()
 
@@ -144,7 +145,7 @@ class RichMerger:
         return out
 
     def _try_resolve(self, parent: str, req: _RequestRich, now: float) -> None:
-        for key in sorted(req.slots):
+        for key in list(req.slots):  # in the order they were opened
             slot = req.slots[key]
             waiting = [r for r in req.ranks if r not in slot.by_rank and r not in req.finished]
             if waiting and now - slot.first_seen < self._deadline:
