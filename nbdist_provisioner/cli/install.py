@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ..kernelspecs import SIZED_DISPLAY_NAME, TEMPLATE_KEY, UNSIZED_DISPLAY_NAME
 from ..settings import BACKENDS, MAX_NPROC
 
 
@@ -36,8 +37,16 @@ def kernel_spec(nproc: int | None, display_name: str | None, python: str,
         provisioner_config.pop("nproc", None)
         spec["metadata"]["kernel_provisioner"]["config"].pop("nproc", None)
     spec["metadata"]["kernel_provisioner"]["config"] = provisioner_config
-    ranks = f"{nproc} ranks" if nproc is not None else "N ranks"
-    spec["display_name"] = display_name or f"Python 3 (multi-rank, {ranks})"
+    if display_name:
+        spec["display_name"] = display_name
+    elif nproc is not None:
+        spec["display_name"] = f"Python 3 (multi-rank, {nproc} ranks)"
+    else:
+        # The count is resolved when the kernel starts (Jupyter config > NBDIST_NPROC >
+        # default): the static name claims no count; MultiRankKernelSpecManager fills the
+        # template from the same settings where the server enables it.
+        spec["display_name"] = UNSIZED_DISPLAY_NAME
+        spec["metadata"]["nbdist"] = {TEMPLATE_KEY: SIZED_DISPLAY_NAME}
     return spec
 
 
@@ -65,7 +74,8 @@ def add_install_parser(sub: Any) -> None:
                        description="Install a kernelspec whose kernel runs one IPython "
                                    "kernel per torch.distributed rank.")
     p.add_argument("--nproc", type=positive_int, default=None,
-                   help="number of ranks (default: NBDIST_NPROC or the provisioner's default)")
+                   help="fix the number of ranks in kernel.json (default: resolved at each "
+                        "start from c.MultiRankProvisioner.nproc, NBDIST_NPROC or 2)")
     p.add_argument("--name", default="multi-rank", help="kernelspec name (default: multi-rank)")
     p.add_argument("--display-name", default=None, help="name shown in the kernel picker")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="torch.distributed backend")
