@@ -127,10 +127,12 @@ def notebook(lab: JupyterServer, browser_context: Any, request: pytest.FixtureRe
         return page
 
     yield open_notebook
-    failed = getattr(request.node, "report_call", None)
+    report = getattr(request.node, "report_call", None)
+    # a failure, or an expected one (xfail): keep what the page showed
+    failed = report is not None and (report.failed or hasattr(report, "wasxfail"))
     left: list[int] = []
     for page in opened:
-        if failed is not None and failed.failed:
+        if failed:
             ARTIFACTS.mkdir(exist_ok=True)
             page.page.screenshot(path=str(ARTIFACTS / f"failed-{page.path}.png"))
         page.page.close()

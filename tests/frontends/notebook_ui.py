@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ class NotebookPage:
     page: Any  # playwright.sync_api.Page
     path: str
     kernel_id: str
+    #: the browser console's messages for this tab ("type: text")
+    console: list[str] = field(default_factory=list)
 
     @classmethod
     def create(cls, lab: JupyterServer, context: Any, path: str, cells: list[str],
@@ -50,6 +52,8 @@ class NotebookPage:
                                 "content": notebook_json(cells, kernel)})
         assert status in (200, 201), (status, body)
         page = context.new_page()
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
         page.goto(f"{lab.base_url}/lab/tree/{path}?reset&token={lab.token}")
 
         def session_kernel() -> str | None:
@@ -59,7 +63,7 @@ class NotebookPage:
 
         kernel_id = wait_for(f"a session for {path}", session_kernel, UI_TIMEOUT,
                              lab.proc, lab.log)
-        nb = cls(lab, page, path, kernel_id)
+        nb = cls(lab, page, path, kernel_id, console)
         lab.wait_kernel_idle(kernel_id)
         # the page has the notebook's cells and shows the kernel as idle
         nb.cell(len(cells) - 1).wait_for(timeout=UI_TIMEOUT * 1000)
@@ -85,7 +89,10 @@ class NotebookPage:
         return self.cell(index).locator(".jp-OutputArea-output")
 
     def output_text(self, index: int) -> str:
-        return str(self.cell(index).locator(".jp-OutputArea").inner_text())
+        """The text the cell's output area shows (figure spaces, as tqdm widgets use, read
+        as spaces)."""
+        text = str(self.cell(index).locator(".jp-Cell-outputArea").inner_text())
+        return text.replace("\u2007", " ").replace("\xa0", " ")
 
     def error_outputs(self, index: int) -> Any:
         return self.cell(index).locator(f'.jp-RenderedText[data-mime-type="{ERROR_MIME}"]')
