@@ -9,7 +9,6 @@ kernelspecs that tests/conftest.py installs (JUPYTER_PATH). Chromium is Debian's
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from servers import (
     JupyterServer,
     clean_env,
     free_port,
+    require,
     start_process,
     stop_process_group,
     wait_for,
@@ -41,15 +41,6 @@ LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings":
         {"windowingMode": "none"},
 }
-
-
-def require(path: Path, what: str) -> None:
-    """Skip where the set-up could not install ``path``; under CI that is a failure."""
-    if not path.exists():
-        message = f"{path} missing: run `python3 dev.py test` to install {what}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,8 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from kernel_harness import kill_pids, process_tree, wait_gone
+
+
+def require(path: Path, what: str) -> None:
+    """Skip where the set-up could not install ``path``; under CI that is a failure."""
+    if not path.exists():
+        message = f"{path} missing: run `python3 dev.py test` to install {what}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
 
 #: poll interval while waiting for a server or a kernel state (not a readiness sleep)
 POLL = 0.1
@@ -39,7 +50,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
          timeout: float = 60) -> tuple[int, Any]:
     """One JSON request; returns (status, decoded body or None)."""
     data = None if body is None else json.dumps(body).encode()
@@ -120,7 +131,7 @@ class JupyterServer:
 
     def api(self, method: str, path: str, body: Any = None,
             timeout: float = 120) -> tuple[int, Any]:
-        return http(method, f"{self.base_url}{path}", body,
+        return http_json(method, f"{self.base_url}{path}", body,
                     {"Authorization": f"token {self.token}"}, timeout)
 
     def log_tail(self) -> str:
