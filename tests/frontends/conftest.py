@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from notebook_ui import NotebookPage
+from notebook_ui import ARTIFACTS, NotebookPage
 from servers import (
     JupyterServer,
     clean_env,
@@ -29,7 +29,6 @@ from servers import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

@@ -13,8 +13,11 @@ from typing import Any
 from servers import POLL, JupyterServer, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+#: screenshots of failed tests (an ignored folder)
+ARTIFACTS = REPO / "test-artifacts"
 #: where named screenshots go; NBDIST_SCREENSHOTS=docs/screenshots refreshes the README's
 SCREENSHOTS = REPO / os.environ.get("NBDIST_SCREENSHOTS", "test-artifacts/screenshots")
+SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 #: how long a cell may take to show something on a shared 2-core machine (a deadline for
 #: the test's wait, never a limit on the kernel)
 UI_TIMEOUT = 120.0
@@ -140,7 +143,6 @@ class NotebookPage:
 
     def screenshot(self, name: str, index: int | None = None) -> Path:
         """A named screenshot of the notebook (or of one cell) under SCREENSHOTS."""
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / name
         if index is None:
             self.page.screenshot(path=str(path))

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from hub_harness import (
     stream_text,
 )
 from kernel_harness import kill_pids, wait_gone
+from notebook_ui import ARTIFACTS, SCREENSHOTS, UI_TIMEOUT
 from servers import clean_env, require, start_process, stop_process_group, wait_for
 
 pytestmark = pytest.mark.slow
@@ -88,15 +90,40 @@ def login_and_spawn(hub: Hub) -> None:
     wait_for("the user's server", ready, 300, hub.proc, hub.log)
 
 
-def test_multi_rank_kernel_through_the_hub_then_server_stop_leaves_nothing(hub: Hub):
+def launcher_shows(hub: Hub, context: Any, display_name: str) -> None:
+    """Log in on the hub's page in Chromium and find the kernel's card in JupyterLab's
+    launcher, as a user would."""
+    page = context.new_page()
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("#username_input", hub.user)
+        page.fill("#password_input", "any")
+        page.click("#login_submit")
+        card = page.locator(".jp-LauncherCard", has_text=display_name)
+        card.first.wait_for(timeout=UI_TIMEOUT * 1000)
+        assert f"/user/{hub.user}/" in page.url, page.url
+        page.screenshot(path=str(SCREENSHOTS / "hub-launcher.png"))
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "failed-hub-launcher.png"))
+        raise
+    finally:
+        page.close()
+        context.clear_cookies()  # the Lab tests' server is on the same host
+
+
+def test_multi_rank_kernel_through_the_hub_then_server_stop_leaves_nothing(
+        hub: Hub, browser_context: Any):
     login_and_spawn(hub)
     user_api = f"/user/{hub.user}/api"
     # the kernel picker shows the rank count the spawner set, not a literal "N"
     status, specs = hub.api("GET", f"{user_api}/kernelspecs")
     assert status == 200, (status, specs, hub.log_tail())
     spec = specs["kernelspecs"]["multi-rank"]["spec"]
-    assert spec["display_name"] == f"Python 3 (multi-rank, {HUB_NPROC} ranks)", spec
+    display_name = f"Python 3 (multi-rank, {HUB_NPROC} ranks)"
+    assert spec["display_name"] == display_name, spec
     assert "nproc" not in spec["metadata"]["kernel_provisioner"]["config"]
+    launcher_shows(hub, browser_context, display_name)
 
     status, kernel = hub.api("POST", f"{user_api}/kernels", {"name": "multi-rank"})
     assert status == 201, (status, kernel, hub.log_tail())
