@@ -72,3 +72,8 @@ def test_fixed_custom_and_plain_specs_are_unchanged(kernels_dir, no_nproc_env):
 def test_bad_env_keeps_the_static_name(kernels_dir, no_nproc_env):
     no_nproc_env.setenv("NBDIST_NPROC", "many")
     assert names(kernels_dir)["unsized"] == "Python 3 (multi-rank)"
+
+
+def test_installed_spec_has_the_python_logos(kernels_dir):
+    for logo in ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg"):
+        assert (kernels_dir / "unsized" / logo).stat().st_size > 0

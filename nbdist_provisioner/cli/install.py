@@ -50,6 +50,18 @@ def kernel_spec(nproc: int | None, display_name: str | None, python: str,
     return spec
 
 
+def copy_python_logos(dest: Path) -> None:
+    """ipykernel's Python logos, so launchers show the kernel with a logo like python3's."""
+    import shutil
+
+    import ipykernel
+
+    resources = Path(ipykernel.__file__).parent / "resources"
+    for logo in ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg"):
+        if (resources / logo).is_file():
+            shutil.copy(resources / logo, dest / logo)
+
+
 def install(args: argparse.Namespace) -> int:
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -63,6 +75,7 @@ def install(args: argparse.Namespace) -> int:
         src = Path(tmp) / args.name
         src.mkdir()
         (src / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        copy_python_logos(src)
         dest = KernelSpecManager().install_kernel_spec(
             str(src), kernel_name=args.name, user=args.user, prefix=args.prefix)
     print(f"Installed kernelspec {args.name!r} ({spec['display_name']}) in {dest}")

@@ -1,5 +1,6 @@
-"""Fixtures for the browser tests: one JupyterLab and one Chromium per session, a page
-per test, a screenshot of the page when a test fails.
+"""Fixtures for the browser tests: one JupyterLab and one Chromium per module (both gone
+before the rest of the suite runs), a page per test, a screenshot of the page when a test
+fails.
 
 JupyterLab runs on 127.0.0.1 with a token in a temporary root; it finds the test
 kernelspecs that tests/conftest.py installs (JUPYTER_PATH). Chromium is Debian's
@@ -50,7 +51,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     setattr(item, f"report_{report.when}", report)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[JupyterServer]:
     """JupyterLab 4 on 127.0.0.1 with a token, in a temporary root."""
@@ -86,7 +87,7 @@ def lab(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory
         assert not left, f"left running after JupyterLab stopped: {left}\n{server.log_tail()}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Debian's chromium, headless, with a fresh profile."""
     require(CHROMIUM, "Debian's chromium")

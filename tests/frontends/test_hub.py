@@ -102,6 +102,8 @@ def launcher_shows(hub: Hub, context: Any, display_name: str) -> None:
         card = page.locator(".jp-LauncherCard", has_text=display_name)
         card.first.wait_for(timeout=UI_TIMEOUT * 1000)
         assert f"/user/{hub.user}/" in page.url, page.url
+        # with the Python logo that nbdist install puts beside kernel.json
+        card.first.locator("img").wait_for(timeout=UI_TIMEOUT * 1000)
         page.screenshot(path=str(SCREENSHOTS / "hub-launcher.png"))
     except Exception:
         ARTIFACTS.mkdir(exist_ok=True)
