@@ -23,6 +23,7 @@ from servers import (
     JupyterServer,
     clean_env,
     free_port,
+    keep_log,
     require,
     start_process,
     stop_process_group,
@@ -52,8 +53,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def lab(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[JupyterServer]:
+def lab(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest) -> Iterator[JupyterServer]:
     """JupyterLab 4 on 127.0.0.1 with a token, in a temporary root."""
     base = tmp_path_factory.mktemp("lab")
     dirs = {name: base / name for name in ("root", "runtime", "config", "data", "settings",
@@ -84,6 +85,7 @@ def lab(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory
         yield server
     finally:
         left = stop_process_group(proc)
+        keep_log(log, f"lab-{request.module.__name__}.log")
         assert not left, f"left running after JupyterLab stopped: {left}\n{server.log_tail()}"
 
 

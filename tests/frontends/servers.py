@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,6 +84,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f}s\n{tail(log)}")
         time.sleep(POLL)
+
+
+def keep_log(log: Path, name: str) -> None:
+    """Copy a server's log into test-artifacts/ (ignored), to read after a failed run."""
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    if log.exists():
+        shutil.copy(log, artifacts / name)
 
 
 def tail(log: Path | None, size: int = 4000) -> str:

@@ -25,7 +25,14 @@ from hub_harness import (
 )
 from kernel_harness import kill_pids, wait_gone
 from notebook_ui import ARTIFACTS, SCREENSHOTS, UI_TIMEOUT
-from servers import clean_env, require, start_process, stop_process_group, wait_for
+from servers import (
+    clean_env,
+    keep_log,
+    require,
+    start_process,
+    stop_process_group,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +74,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         if hub.token and hub.singleuser_pid():
             hub.api("DELETE", f"/hub/api/users/{hub.user}/server")
         left = stop_process_group(proc)
+        keep_log(log, "hub.log")  # the users' servers log there too
         assert not left, f"left running after the hub stopped: {left}\n{hub.log_tail()}"
 
 
