@@ -115,8 +115,9 @@ def notebook(lab: JupyterServer, browser_context: Any, request: pytest.FixtureRe
 
     def open_notebook(cells: list[str], kernel: str = "nbdist-test-4") -> NotebookPage:
         name = f"{request.node.name.split('[')[0]}-{uuid.uuid4().hex[:6]}.ipynb"
-        page = NotebookPage.create(lab, browser_context, name, cells, kernel)
-        opened.append(page)
+        page = NotebookPage.open(lab, browser_context, name, cells, kernel)
+        opened.append(page)  # before the waits: a page that never gets ready is kept too
+        page.wait_ready(len(cells))
         return page
 
     yield open_notebook

@@ -3,6 +3,7 @@ read what the page shows (prompts, output text, rendered elements)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -48,37 +49,45 @@ class NotebookPage:
     console: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, lab: JupyterServer, context: Any, path: str, cells: list[str],
-               kernel: str) -> NotebookPage:
+    def open(cls, lab: JupyterServer, context: Any, path: str, cells: list[str],
+             kernel: str) -> NotebookPage:
+        """Write the notebook through the contents API and open it in a new tab."""
         status, body = lab.api("PUT", f"/api/contents/{path}",
                                {"type": "notebook", "format": "json",
                                 "content": notebook_json(cells, kernel)})
         assert status in (200, 201), (status, body)
         page = context.new_page()
-        console: list[str] = []
-        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        nb = cls(lab, page, path, kernel_id="")
+        page.on("console", lambda msg: nb.console.append(f"{msg.type}: {msg.text}"))
         page.goto(f"{lab.base_url}/lab/tree/{path}?reset&token={lab.token}")
+        return nb
+
+    def wait_ready(self, n_cells: int) -> None:
+        """Until the notebook's kernel is idle (server and page agree) and its cells show."""
+        lab, page = self.lab, self.page
 
         def session_kernel() -> str | None:
             _, sessions = lab.api("GET", "/api/sessions")
-            ids = [s["kernel"]["id"] for s in sessions if s["path"] == path]
+            ids = [s["kernel"]["id"] for s in sessions if s["path"] == self.path]
             return ids[0] if ids else None
 
-        kernel_id = wait_for(f"a session for {path}", session_kernel, UI_TIMEOUT,
-                             lab.proc, lab.log)
-        nb = cls(lab, page, path, kernel_id, console)
-        lab.wait_kernel_idle(kernel_id)
-        # the page has the notebook's cells and shows the kernel as idle
-        nb.cell(len(cells) - 1).wait_for(timeout=UI_TIMEOUT * 1000)
-        nb.wait_until("the kernel status shows Idle",
-                      lambda: "Idle" in page.locator(".jp-StatusBar-Widget").inner_text())
-        # close the file browser, as a person reading the notebook would (Accel+B)
-        left = page.locator("#jp-left-stack")
-        if left.is_visible():
-            page.locator(".jp-Notebook").click()
-            page.keyboard.press("Control+b")
-            nb.wait_until("the file browser closes", lambda: not left.is_visible())
-        return nb
+        self.kernel_id = wait_for(f"a session for {self.path}", session_kernel, UI_TIMEOUT,
+                                  lab.proc, lab.log)
+        lab.wait_kernel_idle(self.kernel_id)
+        self.cell(n_cells - 1).wait_for(timeout=UI_TIMEOUT * 1000)
+        self.wait_until("the kernel status shows Idle",
+                        lambda: "Idle" in page.locator(".jp-StatusBar-Widget").inner_text())
+        self.hide_file_browser()
+
+    def hide_file_browser(self) -> None:
+        """Collapse the left panel, as a person reading the notebook would, so screenshots
+        show the notebook. Cosmetic: a panel that stays open fails nothing."""
+        left = self.page.locator("#jp-left-stack")
+        if not left.is_visible():
+            return
+        self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
+        with contextlib.suppress(AssertionError):
+            self.wait_until("the file browser closes", lambda: not left.is_visible(), 10)
 
     # -- locators -------------------------------------------------------------------
 

@@ -94,7 +94,10 @@ def login_and_spawn(hub: Hub) -> None:
         status, model = hub.api("GET", f"/hub/api/users/{hub.user}")
         assert status == 200, (status, model)
         server = (model.get("servers") or {}).get("")
-        return bool(server and server.get("ready"))
+        # the entry exists from the POST on (pending "spawn"); the hub drops it if the
+        # spawn fails: say so now, with the hub's log, instead of waiting out the deadline
+        assert server is not None, f"the spawn failed:\n{hub.log_tail()}"
+        return bool(server.get("ready"))
     wait_for("the user's server", ready, 300, hub.proc, hub.log)
 
 
