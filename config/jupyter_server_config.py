@@ -11,6 +11,13 @@ c = get_config()  # noqa: F821 - provided by Jupyter's config loader
 # need for c.KernelProvisionerFactory.default_provisioner_name = "nbdist-provisioner"
 # (that would also turn plain kernelspecs such as python3 into multiplexer starts).
 
+# Kernelspecs installed without --nproc show the rank count they will start with
+# ("Python 3 (multi-rank, 4 ranks)" with nproc below); others are shown unchanged.
+# (It replaces the server's KernelSpecManager: skip it if you use another custom one,
+# e.g. nb_conda_kernels; such kernelspecs then show "Python 3 (multi-rank)".)
+c.ServerApp.kernel_spec_manager_class = (
+    "nbdist_provisioner.kernelspecs.MultiRankKernelSpecManager")
+
 # Ranks per multi-rank kernel, and how they start.
 c.MultiRankProvisioner.nproc = 4
 c.MultiRankProvisioner.launcher = "local"

@@ -214,6 +214,11 @@ def test_kernelspecs_are_listed(server):
         assert prov["config"].get("nproc") == nproc
         assert spec["argv"][1:4] == ["-m", "nbdist_provisioner.mux", "-f"]
         assert spec["language"] == "python"
+    # the config's MultiRankKernelSpecManager names the unsized spec with the config's count
+    assert specs["kernelspecs"][NPROC_FROM_CONFIG]["spec"]["display_name"] == (
+        "Python 3 (multi-rank, 4 ranks)")
+    assert specs["kernelspecs"]["nbdist-test-2"]["spec"]["display_name"] == (
+        "Python 3 (multi-rank, 2 ranks)")
 
 
 def test_execute_restart_delete_over_rest_and_websocket(server):

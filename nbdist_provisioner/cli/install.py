@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ..kernelspecs import SIZED_DISPLAY_NAME, TEMPLATE_KEY, UNSIZED_DISPLAY_NAME
 from ..settings import BACKENDS, MAX_NPROC
 
 
@@ -36,9 +37,29 @@ def kernel_spec(nproc: int | None, display_name: str | None, python: str,
         provisioner_config.pop("nproc", None)
         spec["metadata"]["kernel_provisioner"]["config"].pop("nproc", None)
     spec["metadata"]["kernel_provisioner"]["config"] = provisioner_config
-    ranks = f"{nproc} ranks" if nproc is not None else "N ranks"
-    spec["display_name"] = display_name or f"Python 3 (multi-rank, {ranks})"
+    if display_name:
+        spec["display_name"] = display_name
+    elif nproc is not None:
+        spec["display_name"] = f"Python 3 (multi-rank, {nproc} ranks)"
+    else:
+        # The count is resolved when the kernel starts (Jupyter config > NBDIST_NPROC >
+        # default): the static name claims no count; MultiRankKernelSpecManager fills the
+        # template from the same settings where the server enables it.
+        spec["display_name"] = UNSIZED_DISPLAY_NAME
+        spec["metadata"]["nbdist"] = {TEMPLATE_KEY: SIZED_DISPLAY_NAME}
     return spec
+
+
+def copy_python_logos(dest: Path) -> None:
+    """ipykernel's Python logos, so launchers show the kernel with a logo like python3's."""
+    import shutil
+
+    import ipykernel
+
+    resources = Path(ipykernel.__file__).parent / "resources"
+    for logo in ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg"):
+        if (resources / logo).is_file():
+            shutil.copy(resources / logo, dest / logo)
 
 
 def install(args: argparse.Namespace) -> int:
@@ -54,6 +75,7 @@ def install(args: argparse.Namespace) -> int:
         src = Path(tmp) / args.name
         src.mkdir()
         (src / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        copy_python_logos(src)
         dest = KernelSpecManager().install_kernel_spec(
             str(src), kernel_name=args.name, user=args.user, prefix=args.prefix)
     print(f"Installed kernelspec {args.name!r} ({spec['display_name']}) in {dest}")
@@ -65,7 +87,8 @@ def add_install_parser(sub: Any) -> None:
                        description="Install a kernelspec whose kernel runs one IPython "
                                    "kernel per torch.distributed rank.")
     p.add_argument("--nproc", type=positive_int, default=None,
-                   help="number of ranks (default: NBDIST_NPROC or the provisioner's default)")
+                   help="fix the number of ranks in kernel.json (default: resolved at each "
+                        "start from c.MultiRankProvisioner.nproc, NBDIST_NPROC or 2)")
     p.add_argument("--name", default="multi-rank", help="kernelspec name (default: multi-rank)")
     p.add_argument("--display-name", default=None, help="name shown in the kernel picker")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="torch.distributed backend")
