@@ -13,9 +13,6 @@ WIDGET_CELL_TIMEOUT = 60.0
 #: once the cell has finished, its widget views render within a second or two
 WIDGET_RENDER_TIMEOUT = 20.0
 
-METADATA_DROPPED = pytest.mark.xfail(strict=True, reason=(
-    "rank comm_open metadata dropped; fixed by the request-core rewrite"))
-
 pytestmark = pytest.mark.slow
 
 
@@ -34,7 +31,6 @@ def wait_widgets(nb: NotebookPage, index: int, selector: str, count: int) -> Non
     assert views.count() == count
 
 
-@METADATA_DROPPED
 def test_int_slider_of_each_rank_renders_and_moves_that_rank(notebook):
     nb = notebook(["import ipywidgets as w\n"
                    "s = w.IntSlider(value=rank, max=10, description=f'rank {rank}')\n"
@@ -60,7 +56,6 @@ def test_int_slider_of_each_rank_renders_and_moves_that_rank(notebook):
     assert not [m for m in nb.console if "Wrong widget protocol" in m]
 
 
-@METADATA_DROPPED
 def test_tqdm_auto_shows_one_widget_bar_per_rank(notebook):
     nb = notebook(["from tqdm.auto import tqdm\n"
                    "for _ in tqdm(range(10), desc=f'rank {rank}'):\n"
@@ -74,7 +69,6 @@ def test_tqdm_auto_shows_one_widget_bar_per_rank(notebook):
     nb.screenshot("widgets-tqdm-auto.png", index=0)
 
 
-@METADATA_DROPPED
 def test_button_on_rank_0_only(notebook):
     nb = notebook(["%%rank 0\n"
                    "import ipywidgets as w\n"
@@ -85,10 +79,9 @@ def test_button_on_rank_0_only(notebook):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "rank comm_open metadata dropped; fixed by the request-core rewrite. Also: an Output "
-    "widget (interact's result area) captures by the msg_id in its state, which is the "
-    "rank's own request id, not the frontend's the mux re-parents to: the results land in "
-    "the cell as '[rank R] ...' instead of inside each interact widget"))
+    "an Output widget (interact's result area) captures by the msg_id in its state; the "
+    "frontend can only hook its own request ids, so 4 ranks capturing at once under the "
+    "cell's id all land in one widget (issue 9 point 2)"))
 def test_interact_per_rank(notebook):
     nb = notebook(["from ipywidgets import interact\n"
                    "@interact(x=5)\n"
@@ -104,7 +97,6 @@ def test_interact_per_rank(notebook):
     assert shown == sorted(f"'5 times rank+1 is {5 * (r + 1)}'" for r in range(4))
 
 
-@METADATA_DROPPED
 def test_slider_then_rank0_button_cells_finish_ten_times_in_a_row(notebook):
     """Issue 15 point 1: JupyterLab used to drop the message after a rejected comm_open,
     which left one of these cells at [*] for ever in 1 of 4 runs."""
