@@ -24,6 +24,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from ..launchers import Launcher, RankProcess, RankSpec
+from ..launchers.environment import local_rank_environment
 from ..rank.config import RANK_CONFIG_ENV, RANK_KEY_ENV, RankConfig
 from ..settings import SETTINGS_ENV, KernelSettings
 from .rank_link import MessageHandler, RankLink
@@ -93,13 +94,9 @@ class RankPool:
         env.pop(SETTINGS_ENV, None)
         env.pop("JPY_PARENT_PID", None)
         env.update(s.env)
-        env.update({
-            "RANK": str(rank), "WORLD_SIZE": str(s.nproc),
-            "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(s.nproc),
-            "GROUP_RANK": "0", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(s.nproc),
-            "MASTER_ADDR": s.master_addr, "MASTER_PORT": str(master_port),
-        })
-        env.setdefault("OMP_NUM_THREADS", "1")
+        # the whole torchrun set; the run id is this start's private directory name
+        env.update(local_rank_environment(rank, s.nproc, s.master_addr, master_port,
+                                          os.path.basename(self.rundir), env))
         env[RANK_KEY_ENV] = key.decode()
         env[RANK_CONFIG_ENV] = RankConfig(
             handshake_addr=handshake, parent_pid=os.getpid(), bind_ip=self.launcher.bind_ip,
