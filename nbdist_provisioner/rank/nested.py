@@ -1,0 +1,5 @@
+"""Placeholder."""
+
+
+def install() -> None:
+    pass
