@@ -50,11 +50,11 @@ class RankMagics(Magics):
         """Initialise the default process group again, on every rank (run it as a cell).
 
         After ``dist.destroy_process_group()`` or ``accelerator.end_training()``: the
-        same env:// rendezvous as at start, so frameworks' cached state stays valid.
+        same world (ranks, backend, device), so frameworks' cached state stays valid.
         """
         if line.strip():
             raise UsageError("%dist_init takes no arguments")
-        print(f"process group {distributed.keeper().init_from_environment()}: "
+        print(f"process group {distributed.keeper().init_again()}: "
               f"{distributed.keeper().describe()}")
 
     @line_magic

@@ -24,6 +24,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -80,6 +81,7 @@ class ProcessGroupKeeper:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.record = GroupRecord()
         self._lock = threading.Lock()
+        self._dist_init_count = 0
 
     # -- what happened ---------------------------------------------------------------
     def _set(self, state: str, detail: str = "", **changes: Any) -> None:
@@ -148,49 +150,56 @@ class ProcessGroupKeeper:
             kwargs["device_id"] = self.device
         return kwargs
 
-    def rendezvous_file(self, generation: int) -> str:
-        return os.path.join(self.rendezvous_dir, f"pg-{generation}.store")
+    def _join(self, path: str) -> None:
+        """Every rank meets in the file store at ``path``; raises after the collective timeout."""
+        import torch.distributed as dist
+
+        if not self.rendezvous_dir or not os.path.isdir(self.rendezvous_dir):
+            raise RuntimeError("this rank has no private rendezvous directory")
+        if dist.is_initialized():
+            self.abort(f"replaced by {os.path.basename(path)}")
+        store = dist.FileStore(path, self.world_size)
+        try:
+            dist.init_process_group(store=store, rank=self.rank, world_size=self.world_size,
+                                    **self._init_kwargs())
+        except Exception as err:
+            self._set(ABORTED, f"rendezvous {os.path.basename(path)} failed: {error_text(err)}")
+            if self.rank == 0:  # a later try with the same name starts from an empty store
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
 
     def reinit(self, generation: int) -> dict[str, Any]:
         """Abort what is left of the old group, then join generation ``generation``.
 
         Every rank must call this with the same ``generation`` (> 0, never reused
-        in one kernel start); it returns once all ranks joined, or raises after
-        the collective timeout.
+        in one kernel start, chosen by the multiplexer); it returns once all ranks
+        joined, or raises after the collective timeout.
         """
-        import torch.distributed as dist
-
         if generation <= 0:
             raise ValueError(f"generation must be a positive integer, got {generation!r}")
-        if not self.rendezvous_dir or not os.path.isdir(self.rendezvous_dir):
-            raise RuntimeError("this rank has no private rendezvous directory")
         started = time.monotonic()
-        if dist.is_initialized():
-            self.abort(f"replaced by generation {generation}")
-        store = dist.FileStore(self.rendezvous_file(generation), self.world_size)
-        try:
-            dist.init_process_group(store=store, rank=self.rank, world_size=self.world_size,
-                                    **self._init_kwargs())
-        except Exception as err:
-            self._set(BROKEN if dist.is_initialized() else ABORTED,
-                      f"re-rendezvous {generation} failed: {error_text(err)}")
-            raise
+        self._join(os.path.join(self.rendezvous_dir, f"pg-{generation}.store"))
         self._set(HEALTHY, backend=self.backend, generation=generation)
         return {"generation": generation, "backend": self.backend,
                 "seconds": round(time.monotonic() - started, 6)}
 
-    def init_from_environment(self) -> str:
-        """``%dist_init``: the start-up rendezvous again (env://, MASTER_ADDR:MASTER_PORT).
+    def init_again(self) -> str:
+        """``%dist_init``, run by every rank in one cell: join a new world.
 
-        The same way torchrun workers, Lightning and Accelerate initialise, so a
-        framework's cached state (Accelerate's ``PartialState``) stays valid.
+        Each rank counts its own successful ``%dist_init`` calls, so all ranks
+        name the same fresh store without talking to each other; a failed try
+        is not counted. The old MASTER_PORT is not reused: a store of the
+        destroyed group may still hold it (anything that kept a reference).
         """
         import torch.distributed as dist
 
         if dist.is_initialized():
             return "already initialised; nothing done"
-        dist.init_process_group(init_method="env://", **self._init_kwargs())
-        self._set(HEALTHY, "initialised again by %dist_init", backend=self.backend,
+        count = self._dist_init_count + 1
+        self._join(os.path.join(self.rendezvous_dir, f"dist-init-{count}.store"))
+        self._dist_init_count = count
+        self._set(HEALTHY, f"initialised again by %dist_init #{count}", backend=self.backend,
                   generation=self.record.generation)
         return "initialised"
 
