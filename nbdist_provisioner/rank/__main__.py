@@ -91,6 +91,7 @@ def main() -> None:
     ns, report = init_distributed(
         config.backend, config.init_process_group, config.collective_timeout,
         os.path.dirname(config.connection_file),
+        frozenset((app.shell_port, app.iopub_port, app.stdin_port, app.control_port, app.hb_port)),
     )
     app.shell.push(ns)
 

@@ -66,13 +66,17 @@ def describe_frames(frame: FrameType | None, cell_name: Callable[[str], str | No
     frames: list[dict[str, Any]] = []
     while frame is not None:
         code = frame.f_code
+        lineno = frame.f_lineno or 0  # None while a frame is between two lines
         frames.append({
-            "filename": code.co_filename, "lineno": frame.f_lineno, "name": code.co_name,
-            "line": linecache.getline(code.co_filename, frame.f_lineno).strip(),
+            "filename": code.co_filename, "lineno": lineno, "name": code.co_name,
+            "line": linecache.getline(code.co_filename, lineno).strip() if lineno else "",
             "cell": cell_name(code.co_filename),
         })
         frame = frame.f_back
     frames.reverse()
+    # the kernel's own machinery above the outermost cell frame says nothing to the user
+    first_cell = next((i for i, f in enumerate(frames) if f["cell"]), 0)
+    frames = frames[first_cell:]
     # waiting in a collective: the innermost Python frame is torch.distributed's
     in_collective = bool(frames) and _is_torch_distributed(frames[-1]["filename"])
     collective = None

@@ -38,6 +38,8 @@ def choose_backend(requested: str, torch: Any, local_world_size: int) -> str:
 
 #: (backend, collective_timeout, rendezvous_dir) as the multiplexer configured this rank
 _SETTINGS: tuple[str, float, str] = ("auto", 300.0, "")
+#: the rank kernel's own ports (ZMQ), which process-group aborts never touch
+_KERNEL_PORTS: frozenset[int] = frozenset()
 
 
 def keeper() -> ProcessGroupKeeper:
@@ -50,19 +52,22 @@ def keeper() -> ProcessGroupKeeper:
         device = (torch.device("cuda", env_int("LOCAL_RANK")) if chosen == "nccl"
                   else torch.device("cpu"))
         process_group.KEEPER = ProcessGroupKeeper(chosen, device, timeout_s, rendezvous_dir)
+        process_group.KEEPER.kernel_ports = _KERNEL_PORTS
     return process_group.KEEPER
 
 
 def init_distributed(
-    backend: str, init_process_group: bool, collective_timeout: float, rendezvous_dir: str = ""
+    backend: str, init_process_group: bool, collective_timeout: float, rendezvous_dir: str = "",
+    kernel_ports: frozenset[int] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Initialise torch.distributed if asked; return (user namespace, report).
 
     Never raises: a failure is reported back to the multiplexer, which tells
     the user once, and the kernel stays usable with the environment variables.
     """
-    global _SETTINGS
+    global _SETTINGS, _KERNEL_PORTS
     _SETTINGS = (backend, collective_timeout, rendezvous_dir)
+    _KERNEL_PORTS = kernel_ports
     ns = rank_namespace()
     report: dict[str, Any] = {"torch": None, "initialized": False, "backend": None,
                               "device": "cpu", "error": None}
@@ -84,7 +89,7 @@ def init_distributed(
                                   "timeout": timedelta(seconds=collective_timeout)}
         if pg.backend == "nccl":
             kwargs["device_id"] = device
-        dist.init_process_group(**kwargs)
+        pg.track(lambda: dist.init_process_group(**kwargs))
         pg.started(pg.backend)
         report.update(initialized=True, backend=pg.backend, device=str(device))
         ns.update(device=device, dist=dist, torch=torch)

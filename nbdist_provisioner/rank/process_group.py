@@ -29,9 +29,12 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+
+from . import sockets
 
 #: states of the default process group as this rank knows it
 NOT_INITIALISED = "not initialised"
@@ -82,6 +85,25 @@ class ProcessGroupKeeper:
         self.record = GroupRecord()
         self._lock = threading.Lock()
         self._dist_init_count = 0
+        #: the kernel's own ports, never touched (set once the kernel bound them)
+        self.kernel_ports: frozenset[int] = frozenset()
+        #: inodes of the sockets our process groups opened (gloo pairs, NCCL bootstrap)
+        self._group_sockets: set[int] = set()
+
+    def _excluded_ports(self) -> frozenset[int]:
+        store_port = {int(os.environ["MASTER_PORT"])} if os.environ.get(
+            "MASTER_PORT", "").isdigit() else set()
+        return self.kernel_ports | store_port
+
+    def track(self, join: Callable[[], None]) -> None:
+        """Run ``join`` (an init_process_group) and remember the sockets it opened."""
+        before = sockets.tcp_sockets(self._excluded_ports())
+        try:
+            join()
+        finally:
+            opened = sockets.tcp_sockets(self._excluded_ports()) - before
+            with self._lock:
+                self._group_sockets |= opened
 
     # -- what happened ---------------------------------------------------------------
     def _set(self, state: str, detail: str = "", **changes: Any) -> None:
@@ -136,11 +158,14 @@ class ProcessGroupKeeper:
         if not dist.is_initialized():
             self._set(ABORTED if self.record.state != NOT_INITIALISED else NOT_INITIALISED,
                       reason)
-            return {"aborted": False, "seconds": 0.0, "state": self.record.state}
-        _abort_process_group()
+            return {"aborted": False, "sockets": 0, "seconds": 0.0, "state": self.record.state}
+        _abort_process_group()  # NCCL: ncclCommAbort; gloo: only drops torch's references
+        with self._lock:
+            owned, self._group_sockets = self._group_sockets, set()
+        closed = sockets.shutdown_sockets(owned)
         self._set(ABORTED, reason)
-        return {"aborted": True, "seconds": round(time.monotonic() - started, 6),
-                "state": ABORTED}
+        return {"aborted": True, "sockets": closed,
+                "seconds": round(time.monotonic() - started, 6), "state": ABORTED}
 
     # -- (re-)rendezvous --------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
@@ -160,8 +185,8 @@ class ProcessGroupKeeper:
             self.abort(f"replaced by {os.path.basename(path)}")
         store = dist.FileStore(path, self.world_size)
         try:
-            dist.init_process_group(store=store, rank=self.rank, world_size=self.world_size,
-                                    **self._init_kwargs())
+            self.track(lambda: dist.init_process_group(
+                store=store, rank=self.rank, world_size=self.world_size, **self._init_kwargs()))
         except Exception as err:
             self._set(ABORTED, f"rendezvous {os.path.basename(path)} failed: {error_text(err)}")
             if self.rank == 0:  # a later try with the same name starts from an empty store
