@@ -177,3 +177,37 @@ def test_bad_requests_answer_errors(start_kernel) -> None:
         assert idle["status"] == "ok" and not idle["busy"] and idle["frames"] == []
     finally:
         close_all(clients)
+
+
+FAILING_SCRIPT = """\
+import os, sys, time
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)  # everyone is up
+if dist.get_rank() == 2:
+    print("FAILED_AT", time.time(), flush=True)
+    raise ValueError("rank 2 has a bug")
+dist.all_reduce(t)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_reference_on_the_same_failure(tmp_path: Path) -> None:
+    """torchrun's fail-fast on the same code: the figure the kernel is compared with."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fails.py"
+    script.write_text(FAILING_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", str(script)],
+        capture_output=True, text=True, timeout=600)
+    exited = time.time()
+    assert proc.returncode != 0
+    assert "rank 2 has a bug" in proc.stderr
+    failed_at = float(next(line.split()[1] for line in proc.stdout.splitlines()
+                           if line.startswith("FAILED_AT")))
+    figure(f"torchrun --nproc-per-node 4, same failure: failure -> torchrun exit "
+           f"{exited - failed_at:.2f}s")
