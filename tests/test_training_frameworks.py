@@ -111,3 +111,22 @@ def test_dataloader_workers_still_work(kernel) -> None:
                               "batch_size=100, num_workers=2))\nprint('N', n)")
     assert run.status == "ok", run.reply["content"]
     assert run.stream_text().count("N 1797") == 2
+
+
+@pytest.mark.slow
+def test_demo_notebook_trains(tmp_path: Path) -> None:
+    """The README's main job, through the real CLI (2 ranks here to spare the CI's cores)."""
+    import json
+
+    out = tmp_path / "executed.ipynb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nbdist_provisioner.cli", "run",
+         str(TESTS.parent / "examples" / "train_digits.ipynb"), "--nproc", "2",
+         "--output", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("checkpoint loaded, identical to the trained weights: True") == 2
+    losses = [float(x) for x in re.findall(r"training loss (\d+\.\d+)", proc.stdout)]
+    assert len(losses) == 12 and losses[-1] < losses[0] / 5, losses
+    last = json.loads(out.read_text())["cells"][-1]["outputs"][-1]
+    accuracy = float(re.search(r"test accuracy (\d+\.\d)%", "".join(last["data"]["text/plain"]))[1])
+    assert accuracy > 90, last
