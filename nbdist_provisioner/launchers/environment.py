@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 #: torchrun's default role name (``--role``).
 DEFAULT_ROLE = "default"
+#: ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` value: abort the communicators, raise, keep the process
+NCCL_CLEAN_UP_ONLY = "2"
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,10 @@ def torchrun_environment(place: RankPlace, master_addr: str, master_port: int, r
     ``inherited`` is the environment the rank would otherwise get; it decides
     the two values torchrun also takes from its own environment:
     ``OMP_NUM_THREADS`` (kept if set, else 1, torchrun's choice for more than
-    one process) and ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` (kept, else 1, so a
-    failed NCCL collective aborts its communicator instead of hanging).
+    one process) and ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` (kept if set, else 2,
+    "clean up only": a failed or timed-out NCCL collective aborts its
+    communicators and raises in the cell. torchrun's 1 also kills the worker,
+    which its agent then restarts; in a kernel that would lose every variable.)
     """
     if not run_id:
         raise ValueError("run_id must not be empty: it is how frameworks detect the launch")
@@ -70,7 +74,8 @@ def torchrun_environment(place: RankPlace, master_addr: str, master_port: int, r
         # ranks are never restarted one by one: a kernel restart is a new run
         "TORCHELASTIC_RESTART_COUNT": "0",
         "TORCHELASTIC_MAX_RESTARTS": "0",
-        "TORCH_NCCL_ASYNC_ERROR_HANDLING": inherited.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": inherited.get("TORCH_NCCL_ASYNC_ERROR_HANDLING",
+                                                         NCCL_CLEAN_UP_ONLY),
         "OMP_NUM_THREADS": inherited.get("OMP_NUM_THREADS", "1"),
     }
     return env
