@@ -37,6 +37,14 @@ def wait_for_error(client: Any, timeout: float = 120) -> float:
     raise TimeoutError("the rank published no error")
 
 
+def error_time(client: Any) -> float:
+    """Wall time (the rank's clock) of the error its kernel published, already received."""
+    for msg in iopub_until(client, 10):
+        if msg["msg_type"] == "error":
+            return float(msg["header"]["date"].timestamp())
+    raise AssertionError("the rank published no error")
+
+
 def reply_of(kc: Any, msg_id: str, timeout: float = 60) -> dict[str, Any]:
     reply = kc.get_shell_msg(timeout=timeout)
     while reply["parent_header"].get("msg_id") != msg_id:
@@ -88,14 +96,19 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel) 
             assert any(f["cell"] for f in stack["frames"])
         assert not stacks[2]["busy"] and not stacks[2]["in_collective"]
 
-        aborted_at = time.monotonic()
+        aborted_at, aborted_wall = time.monotonic(), time.time()
         aborts = abort_all(clients, "rank 2 failed")
         assert all(a["status"] == "ok" and a["aborted"] for a in aborts.values()), aborts
-        collect_until_idle(rk.kc, msg_id, timeout=120)
+        iopub = collect_until_idle(rk.kc, msg_id, timeout=120)
         ended_at = time.monotonic()
+        said = "".join(m["content"].get("text", "") for m in iopub if m["msg_type"] == "stream")
+        assert "%dist_init" not in said  # an abort is not the user's destroy
         reply = reply_of(rk.kc, msg_id)
         assert reply["status"] == "error"
         assert reply["nbdist"]["failed_ranks"] == list(RANKS)
+        raised = {r: error_time(clients[r]) - aborted_wall for r in (0, 1, 3)}
+        figure("gloo, 4 ranks: abort request -> each blocked rank's exception published "
+               + ", ".join(f"rank {r} {t:.2f}s" for r, t in raised.items()))
         figure(f"gloo, 4 ranks: abort request -> blocked ranks raised and cell ended "
                f"{ended_at - aborted_at:.2f}s (failure -> cell end {ended_at - failed_at:.2f}s, "
                "including the stack requests)")

@@ -10,7 +10,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from . import control, distributed, nested, threads
+from . import control, distributed, nested, process_group, threads
 
 
 def _memory_mb() -> str:
@@ -82,8 +82,9 @@ class ProcessGroupWatch:
         keeper = distributed.keeper()
         if result.error_in_exec is not None:
             keeper.note_cell_error(result.error_in_exec)
-        if self.was_initialised and not dist.is_initialized():
-            keeper.observe()
+        # an abort (the multiplexer's fail-fast) is not the user's doing: it says so itself
+        if (self.was_initialised and not dist.is_initialized()
+                and keeper.observe().state == process_group.DESTROYED):
             print("[nbdist] this cell destroyed the process group; run %dist_init (on every "
                   "rank) to initialise it again", file=sys.stderr)
 
