@@ -10,6 +10,7 @@ through clients connected straight to each rank's kernel.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,15 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel) 
     rk = start_kernel("nbdist-test-4-torch")
     clients = rank_clients(rk.kc)
     try:
-        assert run_cell(rk.kc, "import torch").status == "ok"
+        assert run_cell(rk.kc, "import time, torch").status == "ok"
         msg_id = rk.kc.execute(
             "t = torch.ones(1)\n"
             "if rank == 2:\n"
             "    raise ValueError('rank 2 has a bug')\n"
-            "dist.all_reduce(t)\n")
+            "try:\n"
+            "    dist.all_reduce(t)\n"
+            "finally:\n"
+            "    raised_at = time.time()\n")
         failed_at = wait_for_error(clients[2])
 
         # where the others wait, answered while their main thread is blocked
@@ -92,7 +96,7 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel) 
             assert stack["status"] == "ok" and stack["rank"] == r
             assert stack["busy"] and stack["in_collective"], stack
             assert stack["collective"] == "all_reduce", stack
-            assert stack["where"].startswith("dist.all_reduce(t) at line 4 of In["), stack
+            assert stack["where"].startswith("dist.all_reduce(t) at line 5 of In["), stack
             assert any(f["cell"] for f in stack["frames"])
         assert not stacks[2]["busy"] and not stacks[2]["in_collective"]
 
@@ -106,9 +110,15 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel) 
         reply = reply_of(rk.kc, msg_id)
         assert reply["status"] == "error"
         assert reply["nbdist"]["failed_ranks"] == list(RANKS)
-        raised = {r: error_time(clients[r]) - aborted_wall for r in (0, 1, 3)}
-        figure("gloo, 4 ranks: abort request -> each blocked rank's exception published "
-               + ", ".join(f"rank {r} {t:.2f}s" for r, t in raised.items()))
+        published = {r: error_time(clients[r]) - aborted_wall for r in (0, 1, 3)}
+        run = run_cell(rk.kc, "%%rank 0,1,3\nprint('RAISED', rank, raised_at)")
+        raised = {int(r): float(t) - aborted_wall
+                  for r, t in re.findall(r"RAISED (\d) (\S+)", run.stream_text())}
+        assert sorted(raised) == [0, 1, 3], run.stream_text()
+        figure("gloo, 4 ranks: abort request -> blocked collective raised "
+               + ", ".join(f"rank {r} {t:.3f}s" for r, t in sorted(raised.items()))
+               + "; -> error shown (IPython formats the traceback) "
+               + ", ".join(f"rank {r} {t:.2f}s" for r, t in sorted(published.items())))
         figure(f"gloo, 4 ranks: abort request -> blocked ranks raised and cell ended "
                f"{ended_at - aborted_at:.2f}s (failure -> cell end {ended_at - failed_at:.2f}s, "
                "including the stack requests)")
