@@ -234,3 +234,25 @@ def test_torchrun_reference_on_the_same_failure(tmp_path: Path) -> None:
                            if line.startswith("FAILED_AT")))
     figure(f"torchrun --nproc-per-node 4, same failure: failure -> torchrun exit "
            f"{exited - failed_at:.2f}s")
+
+
+def test_interrupt_then_abort_frees_a_rank_stuck_in_a_collective(start_kernel) -> None:
+    """SIGINT alone cannot stop a rank waiting in gloo's C++ wait; with the abort it can."""
+    rk = start_kernel("nbdist-test-4-torch")
+    clients = rank_clients(rk.kc)
+    try:
+        msg_id = rk.kc.execute("if rank == 3:\n    dist.barrier()\n")
+        stack = ask(clients[3], "nbdist_stack_request")
+        while not stack["in_collective"]:
+            stack = ask(clients[3], "nbdist_stack_request")
+        rk.km.interrupt_kernel()
+        # the interrupt was delivered, yet the rank still waits in the barrier
+        assert ask(clients[3], "nbdist_stack_request")["in_collective"]
+        abort_all(clients, "interrupted by the user")
+        collect_until_idle(rk.kc, msg_id, timeout=120)
+        reply = reply_of(rk.kc, msg_id)
+        assert reply["status"] == "error" and reply["nbdist"]["failed_ranks"] == [3], reply
+        reinit_all(clients, 1)
+        assert_world_works(rk.kc, 4, 1)
+    finally:
+        close_all(clients)
