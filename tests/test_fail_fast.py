@@ -256,3 +256,34 @@ def test_interrupt_then_abort_frees_a_rank_stuck_in_a_collective(start_kernel) -
         assert_world_works(rk.kc, 4, 1)
     finally:
         close_all(clients)
+
+
+def test_ddp_training_step_of_a_failed_peer(start_kernel, kernel_prefix: Path) -> None:
+    """The everyday case: one rank's bug mid-epoch while the others wait in DDP's gradient
+    all-reduce, inside ``loss.backward()`` (autograd, not torch.distributed, is on top of
+    the stack); the DDP model holds the process group, so only the abort frees them."""
+    rk = start_kernel(install_spec(kernel_prefix, "nbdist-failfast-ddp", 2, backend="gloo"))
+    clients = rank_clients(rk.kc)
+    try:
+        run = run_cell(rk.kc, "import torch\nfrom torch import nn\n"
+                              "model = nn.parallel.DistributedDataParallel(nn.Linear(8, 1))\n"
+                              "x = torch.randn(16, 8)")
+        assert run.status == "ok", run.reply["content"]
+        msg_id = rk.kc.execute("for step in range(3):\n"
+                               "    if rank == 1 and step == 1:\n"
+                               "        raise ValueError('bad batch on rank 1')\n"
+                               "    model(x).sum().backward()\n")
+        wait_for_error(clients[1])
+        stack = ask(clients[0], "nbdist_stack_request")
+        assert stack["busy"] and "backward() at line 4 of In[" in stack["where"], stack
+        abort_all(clients, "rank 1 failed")
+        collect_until_idle(rk.kc, msg_id, timeout=120)
+        assert reply_of(rk.kc, msg_id)["nbdist"]["failed_ranks"] == [0, 1]
+        reinit_all(clients, 1)
+        assert_world_works(rk.kc, 2, 1)
+        # a DDP model made in the new world trains again
+        run = run_cell(rk.kc, "model = nn.parallel.DistributedDataParallel(nn.Linear(8, 1))\n"
+                              "model(x).sum().backward()\nprint('STEP OK')")
+        assert run.stream_text().count("STEP OK") == 2, run.reply["content"]
+    finally:
+        close_all(clients)

@@ -155,17 +155,18 @@ class ProcessGroupKeeper:
         from torch.distributed.distributed_c10d import _abort_process_group
 
         started = time.monotonic()
-        if not dist.is_initialized():
-            self._set(ABORTED if self.record.state != NOT_INITIALISED else NOT_INITIALISED,
-                      reason)
-            return {"aborted": False, "sockets": 0, "seconds": 0.0, "state": self.record.state}
-        _abort_process_group()  # NCCL: ncclCommAbort; gloo: only drops torch's references
+        initialised = dist.is_initialized()
+        if initialised:
+            _abort_process_group()  # NCCL: ncclCommAbort; gloo: only drops torch's references
+        # also without a default group: a destroyed group that something still holds
+        # (a DDP model) keeps its connections until they are shut down
         with self._lock:
             owned, self._group_sockets = self._group_sockets, set()
         closed = sockets.shutdown_sockets(owned)
-        self._set(ABORTED, reason)
-        return {"aborted": True, "sockets": closed,
-                "seconds": round(time.monotonic() - started, 6), "state": ABORTED}
+        if initialised or self.record.state != NOT_INITIALISED:
+            self._set(ABORTED, reason)
+        return {"aborted": initialised, "sockets": closed,
+                "seconds": round(time.monotonic() - started, 6), "state": self.record.state}
 
     # -- (re-)rendezvous --------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
