@@ -38,6 +38,15 @@ def wait_for_error(client: Any, timeout: float = 120) -> float:
     raise TimeoutError("the rank published no error")
 
 
+def wait_cell_done(client: Any, timeout: float = 120) -> None:
+    """Until the rank's own iopub says idle after an execute_request."""
+    for msg in iopub_until(client, timeout):
+        if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                and msg["parent_header"].get("msg_type") == "execute_request"):
+            return
+    raise TimeoutError("the rank did not finish its cell")
+
+
 def error_time(client: Any) -> float:
     """Wall time (the rank's clock) of the error its kernel published, already received."""
     for msg in iopub_until(client, 10):
@@ -247,6 +256,8 @@ def test_interrupt_then_abort_frees_a_rank_stuck_in_a_collective(start_kernel) -
         stack = ask(clients[3], "nbdist_stack_request")
         while not stack["in_collective"]:
             stack = ask(clients[3], "nbdist_stack_request")
+        for r in (0, 1, 2):  # interrupt only once they are done (not mid-way in ipykernel)
+            wait_cell_done(clients[r])
         rk.km.interrupt_kernel()
         # the interrupt was delivered, yet the rank still waits in the barrier
         assert ask(clients[3], "nbdist_stack_request")["in_collective"]
