@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up everything and run the main job or the tests. Needs only Python 3.10+ and pip.
 
-    python3 dev.py demo    # venv, install, 4-rank notebook with live output in the terminal
+    python3 dev.py demo    # venv, install, DDP training notebook on 4 ranks, live in the terminal
     python3 dev.py test    # venv, install, ruff, mypy on the request core, the test suite
     python3 dev.py bench   # venv, install (+ bench peers), benchmark table
 
@@ -91,10 +91,10 @@ def setup_frontends() -> None:
 
 def demo() -> int:
     setup()
-    notebook = ROOT / "examples" / "allreduce.ipynb"
+    notebook = ROOT / "examples" / "train_digits.ipynb"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.call([str(VENV / "bin" / "nbdist"), "run", str(notebook), "--nproc", "4",
-                            "--output", str(ROOT / "examples" / "allreduce.out.ipynb")],
+                            "--output", str(ROOT / "examples" / "train_digits.out.ipynb")],
                            cwd=ROOT, env=env)
 
 

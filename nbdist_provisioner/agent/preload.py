@@ -23,6 +23,8 @@ KERNEL_MODULES = (
     "nbdist_provisioner.rank.kernel_main", "nbdist_provisioner.rank.extension",
     "nbdist_provisioner.rank.iostream", "nbdist_provisioner.rank.stream_stamps",
     "nbdist_provisioner.rank.distributed", "nbdist_provisioner.rank.execution_count",
+    "nbdist_provisioner.rank.control", "nbdist_provisioner.rank.process_group",
+    "nbdist_provisioner.rank.nested", "nbdist_provisioner.rank.threads",
 )
 TORCH_MODULES = ("torch", "torch.distributed")
 

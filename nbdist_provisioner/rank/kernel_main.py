@@ -79,8 +79,18 @@ def run(config: RankConfig) -> None:
     if original_stderr is not None:
         faulthandler.enable(file=os.fdopen(os.dup(original_stderr), "w"), all_threads=False)
 
-    ns, report = init_distributed(config.backend, config.init_process_group,
-                                  config.collective_timeout, config.init_method)
+    # A rank is a worker launched from outside, as under torchrun, not a REPL: IPython
+    # defines sys.ps1 "so that scripts can decide if they are running interactively",
+    # and Lightning decides from it that ddp cannot work (it would re-run sys.argv,
+    # which it never does when TORCHELASTIC_RUN_ID says the processes exist already).
+    for prompt in ("ps1", "ps2", "ps3"):
+        if hasattr(sys, prompt):
+            delattr(sys, prompt)
+    ns, report = init_distributed(
+        config.backend, config.init_process_group, config.collective_timeout,
+        config.init_method, os.path.dirname(config.connection_file),
+        frozenset((app.shell_port, app.iopub_port, app.stdin_port, app.control_port,
+                   app.hb_port)))
     app.shell.push(ns)
 
     session = Session(key=key)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sim import Plan, Sim
 
 from nbdist_provisioner.mux.core.effects import Publish, Reply
 from nbdist_provisioner.mux.core.lifecycle import Phase
+
+from sim import Plan, Sim
 
 NPROC = 3
 KINDS = ["ok", "print", "fail", "fail_silent", "fail_nostop", "hang", "kernel_info",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sim import Plan, Sim
-
 from nbdist_provisioner.mux.core import faults
 from nbdist_provisioner.mux.core.effects import StartRanks, StopRanks
 from nbdist_provisioner.mux.core.events import RankMessage, RanksFailed
 from nbdist_provisioner.mux.core.lifecycle import MAX_QUICK_DEATHS, QUICK_DEATH_WINDOW, Phase
+
+from sim import Plan, Sim
 
 NOISE = ("[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All "
          "communication (including code and outputs) is sent in plain text\n"

@@ -3,10 +3,10 @@ tests/test_message_spec.py is the reference), one rule per test, in memory."""
 
 from __future__ import annotations
 
-from sim import PORTS, Plan, Sim
-
 from nbdist_provisioner.mux.core.effects import SendToRank
 from nbdist_provisioner.mux.core.lifecycle import Phase
+
+from sim import PORTS, Plan, Sim
 
 
 def assert_one_busy_one_idle_idle_last(sim: Sim, msg_id: str) -> None:

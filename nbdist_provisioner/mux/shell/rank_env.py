@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 
+from ...launchers.environment import local_rank_environment
 from ...settings import SETTINGS_ENV, KernelSettings
 
 #: Variables of the multiplexer's own that ranks must not inherit.
@@ -20,7 +21,7 @@ def shared_env(settings: KernelSettings, local: bool) -> dict[str, str]:
     """What every rank (and the agent that forks them) runs with."""
     env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_RANKS}
     env.update(settings.env)
-    env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun
+    env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun (also for the agent's imports)
     # debugpy's start-up notes would fill a dead rank's stderr tail
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     if local:
@@ -32,15 +33,10 @@ def shared_env(settings: KernelSettings, local: bool) -> dict[str, str]:
 
 def rank_env(shared: dict[str, str], rank: int, nproc: int, master_addr: str,
              master_port: int, run_id: str) -> dict[str, str]:
-    """One rank's environment: the shared one plus what torchrun sets."""
+    """One rank's environment: the shared one plus the whole set torchrun gives a worker
+    (frameworks detect an external launch from it)."""
     env = dict(shared)
-    env.update({
-        "RANK": str(rank), "WORLD_SIZE": str(nproc),
-        "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-        "GROUP_RANK": "0", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(nproc),
-        "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
-        "TORCHELASTIC_RUN_ID": run_id,
-    })
+    env.update(local_rank_environment(rank, nproc, master_addr, master_port, run_id, shared))
     return env
 
 

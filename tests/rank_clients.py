@@ -1,0 +1,68 @@
+"""Clients straight to each rank's own kernel, for the rank-side control requests.
+
+The multiplexer does not forward ``nbdist_*`` control requests (yet), so the
+tests speak to the ranks the way the multiplexer's RankLink does: through each
+rank's connection file in the multiplexer's private run directory.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from kernel_harness import run_cell
+
+FIND_CONNECTION_FILE = (
+    "from ipykernel.kernelapp import IPKernelApp as _App\n"
+    "print('CONNECTION', rank, _App.instance().abs_connection_file)\n"
+    "del _App"
+)
+
+
+def rank_clients(kc: Any) -> dict[int, BlockingKernelClient]:
+    """rank -> a started client of that rank's kernel (connection file asked from the rank)."""
+    run = run_cell(kc, FIND_CONNECTION_FILE)
+    assert run.status == "ok", run.reply
+    clients = {}
+    for line in run.stream_text().splitlines():
+        _, rank, path = line.split()[-3:]
+        client = BlockingKernelClient(connection_file=path)
+        client.load_connection_file()
+        client.start_channels()
+        clients[int(rank)] = client
+    return clients
+
+
+def close_all(clients: dict[int, BlockingKernelClient]) -> None:
+    for client in clients.values():
+        client.stop_channels()
+
+
+def control_request(client: BlockingKernelClient, msg_type: str,
+                    content: dict[str, Any] | None = None) -> str:
+    msg = client.session.msg(msg_type, content or {})
+    client.control_channel.send(msg)
+    return str(msg["header"]["msg_id"])
+
+
+def control_reply(client: BlockingKernelClient, msg_id: str, timeout: float = 120
+                  ) -> dict[str, Any]:
+    """The reply to ``msg_id`` on the control channel (others are dropped)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            reply = client.get_control_msg(timeout=left)
+        except queue.Empty:
+            break
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+    raise TimeoutError(f"no control reply to {msg_id} within {timeout}s")
+
+
+def ask(client: BlockingKernelClient, msg_type: str, content: dict[str, Any] | None = None,
+        timeout: float = 120) -> dict[str, Any]:
+    """Send a control request and return its reply's content."""
+    return control_reply(client, control_request(client, msg_type, content), timeout)["content"]
