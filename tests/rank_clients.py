@@ -1,12 +1,13 @@
 """Clients straight to each rank's own kernel, for the rank-side control requests.
 
-The multiplexer does not forward ``nbdist_*`` control requests (yet), so the
-tests speak to the ranks the way the multiplexer's RankLink does: through each
-rank's connection file in the multiplexer's private run directory.
+These tests speak to the ranks the way the multiplexer's RankLink does, with each
+rank's ports and key, asked from the rank itself (its connection file is removed
+as soon as its kernel runs: it holds the key).
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from typing import Any
@@ -15,22 +16,27 @@ from jupyter_client.blocking.client import BlockingKernelClient
 
 from kernel_harness import run_cell
 
-FIND_CONNECTION_FILE = (
+FIND_CONNECTION_INFO = (
+    "import json as _json\n"
     "from ipykernel.kernelapp import IPKernelApp as _App\n"
-    "print('CONNECTION', rank, _App.instance().abs_connection_file)\n"
-    "del _App"
+    "_a = _App.instance()\n"
+    "print('CONNECTION', rank, _json.dumps({'ip': _a.ip, 'transport': _a.transport,\n"
+    "    'key': _a.session.key.decode(), 'signature_scheme': _a.session.signature_scheme,\n"
+    "    **{f'{c}_port': getattr(_a, f'{c}_port')\n"
+    "       for c in ('shell', 'iopub', 'stdin', 'control', 'hb')}}))\n"
+    "del _App, _a, _json"
 )
 
 
 def rank_clients(kc: Any) -> dict[int, BlockingKernelClient]:
-    """rank -> a started client of that rank's kernel (connection file asked from the rank)."""
-    run = run_cell(kc, FIND_CONNECTION_FILE)
+    """rank -> a started client of that rank's kernel (its connection info asked from it)."""
+    run = run_cell(kc, FIND_CONNECTION_INFO)
     assert run.status == "ok", run.reply
     clients = {}
     for line in run.stream_text().splitlines():
-        _, rank, path = line.split()[-3:]
-        client = BlockingKernelClient(connection_file=path)
-        client.load_connection_file()
+        rank, info = line.partition("CONNECTION ")[2].split(" ", 1)
+        client = BlockingKernelClient()
+        client.load_connection_info(json.loads(info))
         client.start_channels()
         clients[int(rank)] = client
     return clients
