@@ -1,0 +1,47 @@
+"""Fixtures for real schedulers on this host: a SLURM cluster and emulated MPI hosts.
+
+Tests here skip only when the binaries are missing (``python3 dev.py test`` installs
+them with apt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mpi_hosts
+import pytest
+import slurm_cluster
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[slurm_cluster.SlurmCluster]:
+    """munged + slurmctld + slurmd n1, n2 (2 CPUs each) for the whole session."""
+    missing = slurm_cluster.missing_binaries()
+    if missing:
+        pytest.skip(f"SLURM not installed (missing {', '.join(missing)})")
+    cluster = slurm_cluster.SlurmCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def slurm_clean(slurm: slurm_cluster.SlurmCluster) -> Iterator[slurm_cluster.SlurmCluster]:
+    """The session cluster, checked to hold no job before and after the test."""
+    slurm.cancel_all()
+    yield slurm
+    left = slurm.jobs()
+    slurm.cancel_all()
+    assert not left, f"jobs left in squeue: {left}"
+
+
+@pytest.fixture
+def mpi(tmp_path: Path) -> mpi_hosts.EmulatedHosts:
+    """Two emulated hosts (nodeA, nodeB) for mpiexec."""
+    missing = mpi_hosts.missing_binaries()
+    if missing:
+        pytest.skip(f"OpenMPI not installed (missing {', '.join(missing)})")
+    return mpi_hosts.EmulatedHosts(tmp_path)
