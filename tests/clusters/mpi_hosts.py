@@ -3,7 +3,9 @@
 ``mpiexec`` treats every name in ``--host`` that is not this machine as remote and
 starts its ``orted`` there through ``plm_rsh_agent`` (ssh by default). Our agent runs
 the command locally instead and exports ``NBDIST_TEST_HOST=<name>``, so a test can
-tell which emulated host a rank landed on. Only loopback interfaces are used.
+tell which emulated host a rank landed on. Like ssh, it starts the command with a
+fresh environment (``env -i``, only HOME and PATH), so only what ``mpiexec -x``
+forwards reaches the ranks, as on real hosts. Only loopback interfaces are used.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ HOST_VAR = "NBDIST_TEST_HOST"
 BINARIES = ("mpiexec", "orted")
 
 _AGENT = """#!/bin/sh
-# plm_rsh_agent for tests: called as "<agent> HOST COMMAND...", like ssh; runs it here.
+# plm_rsh_agent for tests: called as "<agent> HOST COMMAND...", like ssh; runs it here,
+# with a login-like environment as ssh would (nothing of mpiexec's leaks through).
 host="$1"; shift
 echo "$host $*" >> "{log}"
-{var}="$host" exec /bin/sh -c "$*"
+exec env -i HOME="$HOME" PATH="$PATH" LANG=C.UTF-8 {var}="$host" /bin/sh -c "$*"
 """
 
 

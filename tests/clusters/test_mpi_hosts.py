@@ -1,0 +1,87 @@
+"""OpenMPI over two emulated hosts: placement, -x environment, stdin, cleanup."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import probe
+import psutil
+from mpi_hosts import HOST_VAR, EmulatedHosts
+from slurm_cluster import poll
+
+
+def by_rank(out: Path) -> list[dict]:
+    return sorted(probe.read_reports(out), key=lambda r: int(r["env"]["OMPI_COMM_WORLD_RANK"]))
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The pids that still run (zombies waiting for a parent do not count)."""
+    left = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                left.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def test_four_ranks_over_two_hosts(mpi: EmulatedHosts, tmp_path: Path) -> None:
+    env = dict(os.environ, NBDIST_FORWARDED="yes", NBDIST_NOT_FORWARDED="no")
+    subprocess.run([*mpi.mpiexec_argv(2), "-x", "NBDIST_FORWARDED",
+                    *probe.ARGV, "--out", str(tmp_path)],
+                   env=env, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    got = by_rank(tmp_path)
+    keys = ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_NODE_RANK", HOST_VAR)
+    assert [tuple(r["env"][k] for k in keys) for r in got] == [
+        ("0", "4", "0", "2", "0", "nodeA"), ("1", "4", "1", "2", "1", "nodeA"),
+        ("2", "4", "0", "2", "0", "nodeB"), ("3", "4", "1", "2", "1", "nodeB")]
+    assert {r["env"].get("NBDIST_FORWARDED") for r in got} == {"yes"}
+    # -x is what carries it: mpiexec does not hand its environment to remote daemons.
+    assert {r["env"].get("NBDIST_NOT_FORWARDED") for r in got} == {None}
+    assert sorted(line.split()[0] for line in mpi.agent_calls()) == ["nodeA", "nodeB"]
+
+
+def test_stdin_to_all_ranks_or_to_rank_0_only(mpi: EmulatedHosts, tmp_path: Path) -> None:
+    data = b"one-time-token \x00\xff\n"
+    for mode in ("all", "default", "none"):
+        out = tmp_path / mode
+        out.mkdir()
+        extra = [] if mode == "default" else ["--stdin", mode]
+        subprocess.run([*mpi.mpiexec_argv(2), *extra, *probe.ARGV, "--out", str(out),
+                        "--stdin"], input=data, check=True, timeout=60)
+        lengths = [r["stdin_len"] for r in by_rank(out)]
+        want = {"all": [len(data)] * 4, "default": [len(data), 0, 0, 0], "none": [0] * 4}
+        assert lengths == want[mode], mode
+        if mode == "all":
+            assert {r["stdin_sha256"] for r in by_rank(out)} == {hashlib.sha256(data).hexdigest()}
+
+
+def test_killing_mpiexec_process_group_leaves_nothing(mpi: EmulatedHosts, tmp_path: Path) -> None:
+    proc = subprocess.Popen([*mpi.mpiexec_argv(2), *probe.ARGV, "--out", str(tmp_path),
+                             "--sleep", "300"], stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        poll(lambda: len(probe.read_reports(tmp_path)) == 4, 60, "4 ranks to report")
+        ranks = probe.read_reports(tmp_path)
+        # orted runs --daemonize: each rank's parent is a daemon outside mpiexec's group.
+        daemons = sorted({r["ppid"] for r in ranks})
+        pids = [r["pid"] for r in ranks] + daemons
+        assert len(daemons) == 2
+        assert all(os.getpgid(d) != proc.pid for d in daemons)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        poll(lambda: not alive(pids), 30, f"ranks and orted {pids} to exit")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_probe_runs_with_this_python() -> None:
+    assert probe.ARGV[0] == sys.executable
