@@ -30,12 +30,18 @@ def slurm() -> Iterator[slurm_cluster.SlurmCluster]:
 
 @pytest.fixture
 def slurm_clean(slurm: slurm_cluster.SlurmCluster) -> Iterator[slurm_cluster.SlurmCluster]:
-    """The session cluster, checked to hold no job before and after the test."""
+    """The session cluster, checked to hold no job before and after the test.
+
+    Finished jobs linger as COMPLETING for a moment, so "no job" is polled for.
+    """
     slurm.cancel_all()
     yield slurm
-    left = slurm.jobs()
-    slurm.cancel_all()
-    assert not left, f"jobs left in squeue: {left}"
+    try:
+        slurm_cluster.poll(lambda: not slurm.jobs(), 30, "squeue to empty by itself")
+    except slurm_cluster.ClusterError:
+        left = slurm.jobs()
+        slurm.cancel_all()
+        pytest.fail(f"jobs left in squeue: {left}")
 
 
 @pytest.fixture

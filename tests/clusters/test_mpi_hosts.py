@@ -48,6 +48,19 @@ def test_four_ranks_over_two_hosts(mpi: EmulatedHosts, tmp_path: Path) -> None:
     assert sorted(line.split()[0] for line in mpi.agent_calls()) == ["nodeA", "nodeB"]
 
 
+def test_placement_from_real_mpiexec_environment(mpi: EmulatedHosts, tmp_path: Path) -> None:
+    """3 + 1 processes over two hosts, the plan forwarded with -x: torchrun's variables."""
+    env = dict(os.environ, NBDIST_TASKS_PER_NODE="3,1")
+    subprocess.run([*mpi.mpiexec_argv(3, np=4), "--map-by", "slot", "-x", "NBDIST_TASKS_PER_NODE",
+                    *probe.ARGV, "--out", str(tmp_path), "--placement"],
+                   env=env, check=True, timeout=60, stdin=subprocess.DEVNULL)
+    got = [(r["env"][HOST_VAR], r["torchrun"]) for r in by_rank(tmp_path)]
+    keys = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE")
+    assert [(h, *(t[k] for k in keys)) for h, t in got] == [
+        ("nodeA", "0", "0", "3", "0", "2"), ("nodeA", "1", "1", "3", "0", "2"),
+        ("nodeA", "2", "2", "3", "0", "2"), ("nodeB", "3", "0", "1", "1", "2")]
+
+
 def test_stdin_to_all_ranks_or_to_rank_0_only(mpi: EmulatedHosts, tmp_path: Path) -> None:
     data = b"one-time-token \x00\xff\n"
     for mode in ("all", "default", "none"):

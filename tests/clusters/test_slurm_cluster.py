@@ -33,6 +33,20 @@ def test_srun_places_two_tasks_per_node(slurm_clean: SlurmCluster, tmp_path: Pat
     assert env["SLURM_STEP_TASKS_PER_NODE"] == "2(x2)"
 
 
+def test_placement_from_real_srun_environment(slurm_clean: SlurmCluster, tmp_path: Path) -> None:
+    """Uneven tasks per node (3 + 1): torchrun's variables from what srun really sets."""
+    subprocess.run(["srun", "-N2", "-n3", "--distribution=block", *probe.ARGV,
+                    "--out", str(tmp_path), "--placement"], env=slurm_clean.env, check=True,
+                   timeout=60, stdin=subprocess.DEVNULL)
+    got = [r["torchrun"] for r in reports(tmp_path)]
+    keys = ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+            "WORLD_SIZE")
+    assert [tuple(t[k] for k in keys) for t in got] == [
+        ("0", "0", "2", "0", "2", "3"), ("1", "1", "2", "0", "2", "3"),
+        ("2", "0", "1", "1", "2", "3")]
+    assert {t["TORCHELASTIC_RUN_ID"] for t in got} == {"probe"}
+
+
 def test_salloc_no_shell_then_step_then_scancel(slurm_clean: SlurmCluster, tmp_path: Path) -> None:
     alloc = slurm_clean.run("salloc", "--no-shell", "-N2", "--ntasks-per-node=2",
                             "-J", "nbdist-test", check=True)
