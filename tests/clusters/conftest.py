@@ -6,12 +6,17 @@ them with apt).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import mpi_hosts
 import pytest
 import slurm_cluster
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -21,11 +26,14 @@ def slurm() -> Iterator[slurm_cluster.SlurmCluster]:
     if missing:
         pytest.skip(f"SLURM not installed (missing {', '.join(missing)})")
     cluster = slurm_cluster.SlurmCluster()
+    # `timeout`/CI send SIGTERM: turn it into an exception so the cluster is stopped.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture

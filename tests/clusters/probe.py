@@ -1,6 +1,7 @@
 """What a rank sees: run under srun/mpiexec, prints one JSON line with its identity.
 
-argv: --out DIR [--stdin] [--placement] [--sleep SECONDS]. The report goes to
+argv: --out DIR [--stdin] [--placement] [--fail RANK:CODE] [--sleep SECONDS].
+CODE is an exit status, or -N to kill itself with signal N. The report goes to
 DIR/<pid>.json, not stdout: a scheduler may split long lines of several ranks.
 With --stdin it reads stdin to EOF and reports its sha256, so tests can check every
 rank got the same bytes.
@@ -42,6 +43,13 @@ def main(argv: list[str]) -> None:
     with open(tmp, "w") as f:
         json.dump(report, f)
     os.replace(tmp, os.path.join(out, f"{os.getpid()}.json"))
+    if "--fail" in argv:
+        rank, code = (int(x) for x in argv[argv.index("--fail") + 1].split(":"))
+        mine = int(os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ["SLURM_PROCID"])
+        if mine == rank:
+            if code < 0:
+                os.kill(os.getpid(), -code)
+            sys.exit(code)
     if "--sleep" in argv:
         time.sleep(float(argv[argv.index("--sleep") + 1]))
 

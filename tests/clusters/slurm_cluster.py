@@ -8,6 +8,7 @@ pids, so stopping needs no pid files and never a process name.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -59,6 +60,12 @@ def poll(check: Callable[[], bool], timeout: float, what: str,
             raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -148,7 +155,7 @@ class SlurmCluster:
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, env=self.env,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         self._procs[key] = (proc, log)
 
     def _check_alive(self) -> None:
