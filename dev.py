@@ -6,9 +6,10 @@
     python3 dev.py bench   # venv, install (+ bench peers), benchmark table
 
 The venv lives in .venv and is reused; dependencies are reinstalled only when
-pyproject.toml or this file changes. `test` also makes sure of what the browser and
-JupyterHub tests need outside the venv: Debian's chromium (apt) and
-configurable-http-proxy (npm, into the ignored .node/ folder).
+pyproject.toml or this file changes. `test` also makes sure of what the tests need
+outside the venv, once: Debian's chromium (browser tests), slurmctld/slurmd/munge and
+openmpi-bin (scheduler tests), with apt; configurable-http-proxy (JupyterHub test) with
+npm into the ignored .node/ folder. NBDIST_NO_APT=1 skips the apt installs.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ PY = VENV / "bin" / "python"
 # The CPU build keeps the test/demo set-up small; the package itself leaves torch to the user.
 TORCH_PIN = "torch==2.13.0"
 STAMP = VENV / ".nbdist-installed"
-# Browser tests launch Debian's chromium (Playwright's own browser download is not used).
-CHROMIUM = Path("/usr/bin/chromium")
+#: Debian packages the tests run for real (they skip without them): browser, schedulers.
+SYSTEM_PACKAGES = ("chromium", "fonts-dejavu-core", "slurmctld", "slurmd", "slurm-client",
+                   "munge", "openmpi-bin")
 # configurable-http-proxy for the JupyterHub test, repo-local (not a global npm install).
 NODE_DIR = ROOT / ".node"
 CHP = NODE_DIR / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -53,40 +55,48 @@ def setup(extra: tuple[str, ...] = ()) -> None:
     STAMP.write_text(wanted)
 
 
-def apt_install(*packages: str) -> None:
-    """apt-get update + install, waiting for a dpkg lock another user of the machine holds."""
+def missing_packages(packages: tuple[str, ...]) -> list[str]:
+    missing = []
+    for pkg in packages:
+        res = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg],
+                             capture_output=True, text=True)
+        if res.returncode != 0 or "install ok installed" not in res.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def apt(*args: str) -> None:
+    """apt-get, waiting for a dpkg lock another user of the machine holds."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    wait = ("-o", "DPkg::Lock::Timeout=600")
-    for attempt in range(1, 6):
-        try:
-            sh("apt-get", *wait, "update", "-q", env=env)
-            sh("apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *packages,
-               env=env)
+    cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", *args]
+    for attempt in range(6):
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd, env=env).returncode == 0:
             return
-        except subprocess.CalledProcessError:
-            if attempt == 5:
-                raise
-            print(f"apt-get failed (attempt {attempt}); retrying", flush=True)
-            time.sleep(10 * attempt)  # back-off between retries, not a readiness wait
+        time.sleep(min(2 ** attempt, 30))  # back-off between retries, not a readiness wait
+    raise SystemExit(f"{' '.join(cmd)} kept failing")
 
 
-def setup_frontends() -> None:
-    """Chromium and configurable-http-proxy for tests/frontends; a no-op once present."""
-    if not CHROMIUM.exists():
-        if shutil.which("apt-get") and os.geteuid() == 0:
-            apt_install("chromium", "fonts-dejavu-core")
-        else:
-            print(f"warning: {CHROMIUM} missing and apt-get unusable here; "
-                  "the browser tests will be skipped", flush=True)
+def setup_system() -> None:
+    """What the tests need outside the venv; a no-op once present."""
+    if not os.environ.get("NBDIST_NO_APT") and shutil.which("dpkg-query"):
+        missing = missing_packages(SYSTEM_PACKAGES)
+        if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+            apt("update", "-q")
+            apt("install", "-y", "-q", "--no-install-recommends", *missing)
+        elif missing:
+            print(f"note: {' '.join(missing)} not installed (needs root and apt-get); "
+                  "the tests that need them are skipped", flush=True)
     if not CHP.exists():
-        if not shutil.which("npm") and shutil.which("apt-get") and os.geteuid() == 0:
-            apt_install("nodejs", "npm")
+        if (not shutil.which("npm") and shutil.which("apt-get") and os.geteuid() == 0
+                and not os.environ.get("NBDIST_NO_APT")):
+            apt("install", "-y", "-q", "--no-install-recommends", "nodejs", "npm")
         if shutil.which("npm"):
             NODE_DIR.mkdir(exist_ok=True)
             sh("npm", "install", "--prefix", NODE_DIR, "--no-audit", "--no-fund",
                "--loglevel=error", CHP_PIN)
         else:
-            print("warning: npm missing; the JupyterHub test will be skipped", flush=True)
+            print("note: npm missing; the JupyterHub test is skipped", flush=True)
 
 
 def demo() -> int:
@@ -99,8 +109,8 @@ def demo() -> int:
 
 
 def test(args: list[str]) -> int:
+    setup_system()
     setup()
-    setup_frontends()
     sh(PY, "-m", "ruff", "check", "nbdist_provisioner", "tests", "bench", "dev.py")
     sh(PY, "-m", "mypy", "--strict", "nbdist_provisioner/mux/core")
     return subprocess.call([str(PY), "-m", "pytest", "-q", *args], cwd=ROOT)
