@@ -134,6 +134,12 @@ class KernelSettings:
         _seconds("collective_timeout"), float)
     start_timeout: float = setting(120.0, "Seconds all ranks get to start and report ready.",
                                    _seconds("start_timeout"), float)
+    fail_fast: bool = setting(
+        True, "When a rank fails while others wait in a collective (or some ranks wait in "
+              "one the others never entered, or an interrupt finds ranks in one), end the "
+              "collectives on every rank and make the process group again, keeping "
+              "variables. Off: they wait for `collective_timeout` or an interrupt.",
+        kind=bool)
     fork_server: bool = setting(
         True, "Start local ranks by forking them from one process that imported ipykernel "
               "(and torch) once: faster starts, less memory per rank. Off: each rank is a "

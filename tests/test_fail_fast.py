@@ -25,8 +25,17 @@ RANKS = (0, 1, 2, 3)
 
 
 @pytest.fixture(scope="module")
+def manual4(kernel_prefix: Path) -> str:
+    """4 ranks whose multiplexer leaves fail-fast to the test (fail_fast=False): these
+    tests play the multiplexer's part on the rank side (tests/test_fail_fast_kernel.py
+    checks the multiplexer's own)."""
+    return install_spec(kernel_prefix, "nbdist-failfast-manual-4", 4, fail_fast=False)
+
+
+@pytest.fixture(scope="module")
 def spec_short_timeout(kernel_prefix: Path) -> str:
     return install_spec(kernel_prefix, "nbdist-failfast-ct3", 2, backend="gloo",
+                        fail_fast=False,
                         collective_timeout=3)
 
 
@@ -83,8 +92,9 @@ def assert_world_works(kc: Any, world: int, generation: int) -> None:
     assert text.count(f"process group healthy (gloo, generation {generation})") == world, text
 
 
-def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel) -> None:
-    rk = start_kernel("nbdist-test-4-torch")
+def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel,
+                                                                  manual4) -> None:
+    rk = start_kernel(manual4)
     clients = rank_clients(rk.kc)
     try:
         assert run_cell(rk.kc, "import time, torch").status == "ok"
@@ -151,9 +161,9 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel) 
         close_all(clients)
 
 
-def test_collective_only_some_ranks_entered(start_kernel) -> None:
+def test_collective_only_some_ranks_entered(start_kernel, manual4) -> None:
     """`if rank == 0: dist.barrier()`: rank 0 says where it waits; abort frees it."""
-    rk = start_kernel("nbdist-test-4-torch")
+    rk = start_kernel(manual4)
     clients = rank_clients(rk.kc)
     try:
         msg_id = rk.kc.execute("x = rank\nif rank == 0:\n    dist.barrier()\n")
@@ -247,9 +257,10 @@ def test_torchrun_reference_on_the_same_failure(tmp_path: Path) -> None:
            f"{exited - failed_at:.2f}s")
 
 
-def test_interrupt_then_abort_frees_a_rank_stuck_in_a_collective(start_kernel) -> None:
+def test_interrupt_then_abort_frees_a_rank_stuck_in_a_collective(start_kernel,
+                                                                   manual4) -> None:
     """SIGINT alone cannot stop a rank waiting in gloo's C++ wait; with the abort it can."""
-    rk = start_kernel("nbdist-test-4-torch")
+    rk = start_kernel(manual4)
     clients = rank_clients(rk.kc)
     try:
         msg_id = rk.kc.execute("if rank == 3:\n    dist.barrier()\n")
@@ -275,7 +286,8 @@ def test_ddp_training_step_of_a_failed_peer(start_kernel, kernel_prefix: Path) -
     """The everyday case: one rank's bug mid-epoch while the others wait in DDP's gradient
     all-reduce, inside ``loss.backward()`` (autograd, not torch.distributed, is on top of
     the stack); the DDP model holds the process group, so only the abort frees them."""
-    rk = start_kernel(install_spec(kernel_prefix, "nbdist-failfast-ddp", 2, backend="gloo"))
+    rk = start_kernel(install_spec(kernel_prefix, "nbdist-failfast-ddp", 2, backend="gloo",
+                                   fail_fast=False))
     clients = rank_clients(rk.kc)
     try:
         run = run_cell(rk.kc, "import torch\nfrom torch import nn\n"

@@ -48,8 +48,13 @@ class Plan:
     failing: frozenset[int] = frozenset()
     #: text each rank prints (stdout) before replying
     prints: str = ""
-    #: ranks that never answer (a collective waiting for a failed rank)
+    #: ranks that never answer by themselves (a collective waiting for a failed rank)
     hanging: frozenset[int] = frozenset()
+    #: where the hanging ranks are: in a torch.distributed collective (an abort of the
+    #: process group makes it raise), or in code of their own
+    in_collective: bool = True
+    #: ranks whose new process group cannot be made
+    reinit_fails: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -62,6 +67,9 @@ class SimRank:
     received: list[SendToRank] = field(default_factory=list)
     alive: bool = True
     count: int = 0
+    #: the execute this rank hangs in, and the plan it runs under
+    hanging: SendToRank | None = None
+    hanging_plan: Plan | None = None
 
 
 class Sim:
@@ -169,6 +177,7 @@ class Sim:
             plan = self._plan_for(e)
             if e.rank in plan.hanging:
                 self._emit(r, "iopub", "status", {"execution_state": "busy"}, parent)
+                r.hanging, r.hanging_plan = e, plan
                 return
             count = e.metadata.get("nbdist_execution_count", r.count + 1)
             self._emit(r, "iopub", "status", {"execution_state": "busy"}, parent)
@@ -188,13 +197,44 @@ class Sim:
             return
         channel = "control" if e.channel == "control" else "shell"
         self._emit(r, "iopub", "status", {"execution_state": "busy"}, parent)
+        if e.msg_type == "nbdist_pg_abort_request":
+            self._abort_collective(r)
         reply = self._reply_content(e)
         if reply is not None:
             self._emit(r, channel, e.msg_type.replace("_request", "_reply"), reply, parent)
         self._emit(r, "iopub", "status", {"execution_state": "idle"}, parent)
 
+    def _abort_collective(self, r: SimRank) -> None:
+        """The process group's collectives end: a rank waiting in one raises."""
+        if r.hanging is None or r.hanging_plan is None or not r.hanging_plan.in_collective:
+            return
+        e, r.hanging = r.hanging, None
+        parent = {"msg_id": e.msg_id, "msg_type": e.msg_type}
+        err = {"ename": "RuntimeError", "evalue": "Connection closed by peer",
+               "traceback": ["RuntimeError: Connection closed by peer"]}
+        self._emit(r, "iopub", "error", err, parent)
+        self._emit(r, "shell", "execute_reply", {"status": "error", "execution_count": 1,
+                                                 **err}, parent)
+        self._emit(r, "iopub", "status", {"execution_state": "idle"}, parent)
+
     def _reply_content(self, e: SendToRank) -> Json | None:
         t = e.msg_type
+        r = self.ranks[e.rank]
+        if t == "nbdist_stack_request":
+            plan = r.hanging_plan if r.hanging is not None else None
+            inside = plan is not None and plan.in_collective
+            return {"status": "ok", "rank": e.rank, "busy": r.hanging is not None,
+                    "in_collective": inside, "collective": "all_reduce" if inside else None,
+                    "where": ("dist.all_reduce(t) at line 4 of In[1]" if inside
+                              else "train() at line 2 of In[1]")}
+        if t == "nbdist_pg_abort_request":
+            return {"status": "ok", "rank": e.rank, "aborted": True}
+        if t == "nbdist_pg_reinit_request":
+            fails = any(e.rank in p.reinit_fails for p in self.plans.values())
+            if fails:
+                return {"status": "error", "rank": e.rank, "ename": "DistStoreError",
+                        "evalue": "timed out"}
+            return {"status": "ok", "rank": e.rank, "generation": e.content["generation"]}
         if t.startswith("comm_") and not t.endswith("_request"):
             return None
         if t == "comm_info_request":

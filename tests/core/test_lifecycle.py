@@ -124,12 +124,17 @@ def test_ranks_that_ran_a_while_before_dying_keep_being_healed():
 
 
 # -- partial failure, interrupts ---------------------------------------------------------
-def test_a_partial_failure_is_diagnosed_then_a_second_interrupt_brings_new_ranks():
+def test_a_rank_hung_outside_a_collective_is_diagnosed_then_a_second_interrupt_helps():
+    """A failed rank, and another that runs on in code of its own (not in a collective:
+    fail-fast cannot end it): said after a while; two interrupts bring new ranks."""
     sim = Sim(nproc=2)
-    cell = sim.execute("all_reduce", plan=Plan(failing=frozenset({1}), hanging=frozenset({0})))
+    cell = sim.execute("all_reduce", plan=Plan(failing=frozenset({1}), hanging=frozenset({0}),
+                                               in_collective=False))
     assert sim.replies(cell) == []
     sim.tick(faults.PARTIAL_FAILURE_GRACE - 0.1)
-    assert sim.stream(cell, "stderr") == ""
+    assert "rank 1 failed (ValueError: bad) while rank 0 runs train() at line 2 of In[1]" \
+        in sim.stream(cell, "stderr")
+    assert sim.sent("nbdist_pg_abort_request") == []  # (no process group in use)
     sim.tick(0.2)
     diagnosis = sim.stream(cell, "stderr")
     assert "rank 1 failed (ValueError: bad) while rank 0 is still running" in diagnosis
@@ -224,7 +229,7 @@ def test_death_report_keeps_only_meaningful_stderr():
 def test_second_interrupts_do_not_count_as_deaths():
     sim = Sim(nproc=2)
     for _ in range(MAX_QUICK_DEATHS + 1):
-        cell = sim.execute("wait", plan=Plan(hanging=frozenset({0, 1})))
+        cell = sim.execute("wait", plan=Plan(hanging=frozenset({0, 1}), in_collective=False))
         sim.interrupt()
         sim.tick(faults.INTERRUPT_GRACE + 0.1)
         sim.interrupt()

@@ -72,7 +72,7 @@ def test_one_merged_reply_names_the_failed_ranks_and_carries_the_kernels_count()
     reply = sim.reply(msg_id)
     assert reply["status"] == "error" and reply["execution_count"] == 2
     assert reply["ename"] == "ValueError" and "(failed on ranks 1,3 of 4)" in reply["evalue"]
-    assert reply["nbdist"] == {"failed_ranks": [1, 3]}
+    assert reply["nbdist"] == {"failed_ranks": [1, 3], "first_failed_rank": 1}
 
 
 def test_every_rank_runs_a_cell_under_the_kernels_execution_count():

@@ -17,6 +17,16 @@ MAX_INTERNAL = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class Internal:
+    """A request of the multiplexer's own to a rank (an interrupt, a stack or abort or
+    re-rendezvous request of fail-fast), and the frontend request it serves, if any."""
+
+    purpose: str
+    request: Request | None = None
+    rank: int = -1
+
+
+@dataclass(frozen=True, slots=True)
 class Probe:
     """A kernel_info_request on a rank's control channel whose idle stands in for the
     lost idle of ``request`` on that rank."""
@@ -32,7 +42,7 @@ class RequestBook:
         self._live: dict[str, tuple[Request, int]] = {}
         self.finished = FinishedRequests(nproc)
         self._probes: dict[str, Probe] = {}
-        self._internal: OrderedDict[str, str] = OrderedDict()
+        self._internal: OrderedDict[str, Internal] = OrderedDict()
 
     def opened(self, req: Request) -> None:
         self.open[req] = None
@@ -69,10 +79,14 @@ class RequestBook:
     def probe_done(self, rank_msg_id: str) -> None:
         self._probes.pop(rank_msg_id, None)
 
-    def internal(self, rank_msg_id: str, purpose: str) -> None:
-        self._internal[rank_msg_id] = purpose
+    def internal(self, rank_msg_id: str, purpose: str, request: Request | None = None,
+                 rank: int = -1) -> None:
+        self._internal[rank_msg_id] = Internal(purpose, request, rank)
         while len(self._internal) > MAX_INTERNAL:
             self._internal.popitem(last=False)
+
+    def internal_entry(self, rank_msg_id: str) -> Internal | None:
+        return self._internal.get(rank_msg_id)
 
     def is_internal(self, rank_msg_id: str) -> bool:
         return rank_msg_id in self._internal or rank_msg_id in self._probes

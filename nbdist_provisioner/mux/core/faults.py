@@ -20,6 +20,9 @@ from ...rankset import format_ranks
 
 #: Seconds after a rank's error before a cell whose other ranks still run is diagnosed.
 PARTIAL_FAILURE_GRACE = 3.0
+#: Seconds ranks get to end a cell after fail-fast ended their collectives (formatting a
+#: torch traceback alone can take seconds) before an interrupt is taken as not working.
+ABORT_GRACE = 6.0
 #: Seconds after an interrupt before ranks still running are reported (and the next
 #: interrupt of the cell escalates).
 INTERRUPT_GRACE = 2.0

@@ -33,6 +33,7 @@ from .events import (
     ShutdownSignal,
     Tick,
 )
+from .fail_fast import FailFast
 from .lifecycle import Phase
 from .rank_traffic import RankTraffic
 from .serving import Serving
@@ -42,7 +43,7 @@ from .supervision import Supervision
 __all__ = ["CoreConfig", "KernelCore"]
 
 
-class KernelCore(Serving, RankTraffic, Supervision):
+class KernelCore(Serving, RankTraffic, Supervision, FailFast):
     """The multi-rank kernel's request lifecycle; see the module docstring."""
 
     # -- the interface -----------------------------------------------------------------
@@ -77,7 +78,8 @@ class KernelCore(Serving, RankTraffic, Supervision):
     def next_deadline(self) -> float | None:
         times = [t for req in self.book.open for t in
                  (req.idle_probe_at, req.failure_check_at, req.interrupt_check_at,
-                  req.missing_reply_at) if t is not None]
+                  req.missing_reply_at, req.fail_fast_at, req.stall_check_at,
+                  req.stacks_deadline) if t is not None]
         merger = self.out.next_deadline()
         if merger is not None:
             times.append(merger)

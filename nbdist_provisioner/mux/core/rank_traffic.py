@@ -23,8 +23,13 @@ class RankTraffic(CoreState):
         if m.channel == "iopub":
             self._on_rank_iopub(m, parent_id)
             return
+        internal = self.book.internal_entry(parent_id)
+        if internal is not None:
+            self._on_internal_reply(internal.purpose, internal.request, internal.rank,
+                                    m.content)
+            return
         if self.book.is_internal(parent_id):
-            return  # the reply to an interrupt or a probe: nothing to do
+            return  # the reply to a probe: its idle is what counts
         entry = self.book.live(parent_id)
         if entry is None:
             self._log("debug", f"rank {m.rank}: {m.header.get('msg_type')} for no live request")
@@ -36,8 +41,11 @@ class RankTraffic(CoreState):
                     PendingInput(rank, m.header, m.content, req.msg_id)))
             return
         req.replies[rank] = m.content
+        if m.content.get("status") == "error" and req.first_failure is None:
+            req.first_failure = rank
         if len(req.replies) == len(req.targets) and not req.complete():
             req.idle_probe_at = self._now + faults.IDLE_PROBE_AFTER
+        self._rank_replied(req, rank, m.content)
         if (m.content.get("status") == "error" and req.msg_type == "execute_request"
                 and req.failure_check_at is None and not req.failure_checked
                 and req.running_ranks()):

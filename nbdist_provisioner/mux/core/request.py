@@ -54,6 +54,23 @@ class Request:
     escalation_armed: bool = False
     #: idle probes sent so far
     probes: int = 0
+    #: the first rank that failed (its error is the cell's error)
+    first_failure: int | None = None
+    # -- fail fast (see fail_fast.py) --
+    fail_fast_at: float | None = None
+    stall_check_at: float | None = None
+    stall_backoff: float = 2.0
+    fail_fast_done: bool = False
+    stacks_why: str = ""
+    stacks: dict[int, Json] = field(default_factory=dict)
+    stacks_pending: set[int] = field(default_factory=set)
+    stacks_deadline: float | None = None
+    #: the process group's collectives were ended (when): a new group is made before the
+    #: reply
+    group_aborted: bool = False
+    aborted_at: float | None = None
+    reinit_pending: set[int] | None = None
+    reinit_errors: dict[int, str] = field(default_factory=dict)
 
     @property
     def msg_id(self) -> str:
@@ -146,7 +163,8 @@ def merge_execute_reply(req: Request) -> Json:
         if req.targets and statuses == {"aborted"}:
             return {"status": "aborted"}
         return {**base, "status": "ok"}
-    rank = failed[0]
+    # the cause first: the rank that failed first (the others often failed of it)
+    rank = req.first_failure if req.first_failure in failed else failed[0]
     reply = req.replies.get(rank)
     if reply is not None and reply.get("status") == "error":
         ename, evalue = str(reply.get("ename", "Error")), str(reply.get("evalue", ""))
@@ -158,7 +176,7 @@ def merge_execute_reply(req: Request) -> Json:
     return {**base, "status": "error", "ename": ename, "evalue": merged,
             # nbclient / papermill show the reply's traceback: it names the ranks too
             "traceback": [*traceback, f"{ename}: {merged}"],
-            "nbdist": {"failed_ranks": failed}}
+            "nbdist": {"failed_ranks": failed, "first_failed_rank": rank}}
 
 
 def merge_reply(req: Request) -> Json:

@@ -274,6 +274,8 @@ class Serving(CoreState):
 
     def _finish(self, req: Request) -> None:
         """Every target replied and went idle (or died): one reply, then idle."""
+        if req.msg_type == "execute_request" and self._hold_for_new_group(req):
+            return  # (finished once the ranks have a new process group)
         self.book.close(req)
         if req.policy.merge is Merge.NONE:  # a comm message: what its handler printed, idle
             self._fx.extend(self.out.finish(req, self._now))

@@ -34,6 +34,8 @@ class CoreConfig:
     stream_prefix: str = "[rank {rank}] "
     output_ranks: tuple[int, ...] | None = None
     collective_timeout: float = 300.0
+    #: end collectives that cannot complete and make the process group again
+    fail_fast: bool = True
     #: the frontend's ports, for connect_request
     ports: tuple[tuple[str, int], ...] = ()
 
@@ -52,6 +54,8 @@ class CoreState:
         self.inputs = InputRouter()
         self.subshells = SubshellMap()
         self.execution_count = 0
+        #: process groups made again by fail-fast (each gets a generation never used before)
+        self.group_generation = 0
         self.rank_infos: dict[int, RankInfo] = {}
         self._queues: dict[str, deque[Request]] = {"": deque()}
         self._active: dict[str, Request | None] = {"": None}
@@ -95,6 +99,25 @@ class CoreState:
         raise NotImplementedError
 
     def _drop_subshell(self, subshell_id: str, why: str) -> None:
+        raise NotImplementedError
+
+    def _replace_ranks_for(self, why: str) -> None:
+        raise NotImplementedError
+
+    def _rank_replied(self, req: Request, rank: int, content: Json) -> None:
+        raise NotImplementedError
+
+    def _on_internal_reply(self, purpose: str, req: Request | None, rank: int,
+                           content: Json) -> None:
+        raise NotImplementedError
+
+    def _hold_for_new_group(self, req: Request) -> bool:
+        raise NotImplementedError
+
+    def _interrupted_cell(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _fail_fast_ticks(self, req: Request) -> None:
         raise NotImplementedError
 
     # -- small helpers ------------------------------------------------------------------

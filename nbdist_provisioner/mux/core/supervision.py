@@ -77,10 +77,14 @@ class Supervision(CoreState):
             self._drop_subshell(name, f"it was lost with its ranks: {why}")
         for req in list(self.book.open):
             req.dead_ename = str(error["ename"])
-            for rank in req.targets:
-                if not req.rank_done(rank):
-                    req.dead[rank] = str(error["evalue"]) if dead_rank in (None, rank) else (
-                        f"stopped because {why}")
+            lost = [r for r in req.targets if not req.rank_done(r)]
+            for rank in lost:
+                req.dead[rank] = str(error["evalue"]) if dead_rank in (None, rank) else (
+                    f"stopped because {why}")
+            # what ended the cell comes first in its reply
+            if dead_rank in lost or (dead_rank is None and lost):
+                req.first_failure = dead_rank if dead_rank in lost else lost[0]
+            req.group_aborted = False  # (the ranks are replaced: no new group for them)
             if req.msg_type == "execute_request":
                 self._publish("error", error, req)
             self._finish(req)
@@ -97,6 +101,13 @@ class Supervision(CoreState):
         else:
             self._log("error", self.life.failure or "")
         return restarting
+
+    def _replace_ranks_for(self, why: str) -> None:
+        """Replace the ranks for a reason other than a death (no request is left open)."""
+        error = {"ename": "RanksReplaced", "evalue": why,
+                 "traceback": [f"RanksReplaced: {why}"]}
+        if self._replace_ranks(why, None, lambda _restart: error):
+            self._notes.append(faults.new_ranks_note(why))
 
     # -- interrupt, shutdown ------------------------------------------------------------
     def _interrupt(self) -> None:
@@ -123,6 +134,7 @@ class Supervision(CoreState):
                                        "interrupt_request", msg_id, {}))
         for req in cells:
             req.interrupt_check_at = self._now + faults.INTERRUPT_GRACE
+            self._interrupted_cell(req)
 
     def _shutdown(self, req: Request | None, why: str) -> None:
         if req is not None:
@@ -156,6 +168,9 @@ class Supervision(CoreState):
         now = self._now
         self._fx.extend(self.out.tick(now))
         for req in list(self.book.open):
+            self._fail_fast_ticks(req)
+            if req not in self.book.open:
+                continue
             if req.idle_probe_at is not None and req.idle_probe_at <= now:
                 self._probe_idles(req)
             if req.missing_reply_at is not None and req.missing_reply_at <= now:
@@ -171,6 +186,10 @@ class Supervision(CoreState):
                         faults.PARTIAL_FAILURE_GRACE, self.config.collective_timeout))
             if req.interrupt_check_at is not None and req.interrupt_check_at <= now:
                 req.interrupt_check_at = None
+                if req.aborted_at is not None and now - req.aborted_at < faults.ABORT_GRACE:
+                    # (its collectives were just ended: give their errors time to come)
+                    req.interrupt_check_at = req.aborted_at + faults.ABORT_GRACE
+                    continue
                 running = req.running_ranks()
                 if running and not req.escalation_armed:
                     req.escalation_armed = True

@@ -81,7 +81,8 @@ class Multiplexer:
             nproc=settings.nproc, primary_rank=settings.primary_rank,
             stream_prefix=settings.stream_prefix,
             output_ranks=parse_rank_set(settings.output_ranks, settings.nproc),
-            collective_timeout=settings.collective_timeout, ports=ports,
+            collective_timeout=settings.collective_timeout, fail_fast=settings.fail_fast,
+            ports=ports,
         ), id_prefix=uuid.uuid4().hex[:12])
         self.pools: dict[int, RankPool] = {}
         self._starts: dict[int, asyncio.Task[None]] = {}
