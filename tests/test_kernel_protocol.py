@@ -138,6 +138,7 @@ def test_restart_gives_fresh_ranks_and_leaves_nothing_behind(start_kernel):
 
 def test_sigkill_of_the_multiplexer_takes_the_ranks_down(start_kernel):
     k = start_kernel("nbdist-test-2")
+    run_cell(k.kc, "pass")  # (the ranks are up)
     pids = k.pids()
     rest = [p for p in pids if p != k.mux_pid]
     assert len(rest) == 3  # the agent and 2 ranks

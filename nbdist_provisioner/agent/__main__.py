@@ -44,8 +44,11 @@ class Agent:
     def send(self, event: dict[str, Any]) -> None:
         data = encode(event)
         os.set_blocking(self._stdout, True)
-        while data:
-            data = data[os.write(self._stdout, data):]
+        try:
+            while data:
+                data = data[os.write(self._stdout, data):]
+        except BrokenPipeError:
+            pass  # the multiplexer is gone: its end-of-file ends us next
 
     def run(self) -> int:
         signal.set_wakeup_fd(self._wakeup_w)

@@ -25,6 +25,7 @@ KERNEL_MODULES = (
     "nbdist_provisioner.rank.distributed", "nbdist_provisioner.rank.execution_count",
     "nbdist_provisioner.rank.control", "nbdist_provisioner.rank.process_group",
     "nbdist_provisioner.rank.nested", "nbdist_provisioner.rank.threads",
+    "nbdist_provisioner.rank.lean",
 )
 TORCH_MODULES = ("torch", "torch.distributed")
 

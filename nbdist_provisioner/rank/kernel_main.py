@@ -50,6 +50,7 @@ def run(config: RankConfig) -> None:
 
     from .distributed import init_distributed
     from .execution_count import follow_kernel_execution_count
+    from .lean import publish_only_what_is_read
     from .stream_stamps import guard_streams, limit_iopub_queue
 
     OutStream.flush_interval = config.flush_interval
@@ -75,6 +76,7 @@ def run(config: RankConfig) -> None:
     guard_streams(app.session, *(s for s in (sys.stdout, sys.stderr) if isinstance(s, OutStream)))
     limit_iopub_queue(app.iopub_socket)
     follow_kernel_execution_count(app.kernel)
+    publish_only_what_is_read(app.kernel)
     original_stderr = getattr(sys.stderr, "_original_stdstream_copy", None)
     if original_stderr is not None:
         faulthandler.enable(file=os.fdopen(os.dup(original_stderr), "w"), all_threads=False)

@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from jupyter_client.session import Session
 
-from .zmqsend import AsyncSend
+from .socket_io import SocketIO
 
 log = logging.getLogger("nbdist.mux")
 
@@ -23,23 +22,25 @@ RequestHandler = Callable[[str, list[bytes], dict[str, Any]], None]
 
 
 class FrontendChannels:
-    """Bound sockets plus the verified-message receive loops."""
+    """Bound sockets, read on the loop: every message verified before it is handed on."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, conn: dict[str, Any], session: Session) -> None:
+    def __init__(self, ctx: zmq.Context[Any], conn: dict[str, Any], session: Session,
+                 handler: RequestHandler) -> None:
         self.session = session
+        self._handler = handler
         transport, ip = conn.get("transport", "tcp"), conn["ip"]
-        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        #: what replies and publishes are sent through (``Session.send`` takes them)
+        self.out: dict[str, SocketIO] = {}
         for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
                               ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB)):
             sock = ctx.socket(kind)
             sock.linger = 1000
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
             sock.bind(f"{transport}://{ip}:{int(conn[f'{channel}_port'])}")
-            self.sockets[channel] = sock
-        # What Session.send is given: sends through the asyncio sockets themselves, so a
-        # waiting receive never misses its wake-up (zmqsend), and no shadow per call.
-        self.out = {ch: AsyncSend(sock) for ch, sock in self.sockets.items()}
-        self._hb_ctx = zmq.Context()
+            on_frames = (self._subscription if channel == "iopub"
+                         else self._request_reader(channel))
+            self.out[channel] = SocketIO(sock, on_frames, f"frontend {channel}")
+        self._hb_ctx: zmq.Context[Any] = zmq.Context()
         hb = self._hb_ctx.socket(zmq.ROUTER)
         hb.linger = 0
         hb.bind(f"{transport}://{ip}:{int(conn['hb_port'])}")
@@ -56,11 +57,9 @@ class FrontendChannels:
             if err.errno != zmq.ETERM:
                 log.error("heartbeat stopped: %s", err)
 
-    async def serve(self, channel: str, handler: RequestHandler) -> None:
-        """Receive, verify and hand on requests; drop anything malformed or unsigned."""
-        sock = self.sockets[channel]
-        while True:
-            frames = await sock.recv_multipart(copy=True)
+    def _request_reader(self, channel: str) -> Callable[[list[bytes]], None]:
+        def on_frames(frames: list[bytes]) -> None:
+            """Verify and hand on a request; drop anything malformed or unsigned."""
             try:
                 idents, msg_list = self.session.feed_identities(frames, copy=True)
                 msg = self.session.deserialize(msg_list, content=True, copy=True)
@@ -69,23 +68,18 @@ class FrontendChannels:
                     raise ValueError("message type or content has the wrong type")
             except Exception as err:  # malformed / unsigned / replayed: drop, keep serving
                 log.warning("dropped a bad message on %s: %s", channel, str(err)[:200])
-                continue
-            try:
-                handler(channel, idents, msg)
-            except Exception:  # a bug of ours must not stop this socket's loop for good
-                log.exception("internal error handling %s on %s",
-                              msg["header"].get("msg_type"), channel)
+                return
+            self._handler(channel, idents, msg)
+        return on_frames
 
-    async def serve_subscriptions(self) -> None:
+    def _subscription(self, frames: list[bytes]) -> None:
         """Greet every iopub subscriber (JEP 65) so clients know iopub is connected."""
-        sock = self.sockets["iopub"]
-        while True:
-            frame = await sock.recv()
-            if frame[:1] == b"\x01":
-                topic = frame[1:].decode("utf-8", "replace")
-                self.session.send(self.out["iopub"], "iopub_welcome", {"subscription": topic})
+        frame = frames[0] if frames else b""
+        if frame[:1] == b"\x01":
+            topic = frame[1:].decode("utf-8", "replace")
+            self.session.send(self.out["iopub"], "iopub_welcome", {"subscription": topic})
 
     def close(self) -> None:
-        for sock in self.sockets.values():
-            sock.close(linger=200)
+        for io in self.out.values():
+            io.close(linger=200)
         # The heartbeat socket belongs to its daemon thread; it goes with the process.

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from jupyter_client.session import Session
 
 from ...launchers import Launcher, RankProcess, RankSpec
@@ -26,6 +25,7 @@ from ...settings import KernelSettings
 from ..core.events import RankExited, RankInfo
 from .rank_env import new_run_id, rank_env
 from .rank_link import MessageHandler, RankLink
+from .socket_io import SocketIO
 
 log = logging.getLogger("nbdist.mux")
 
@@ -72,7 +72,7 @@ class RankPool:
     """The ranks of one generation: start, handshake, supervise, stop."""
 
     def __init__(self, settings: KernelSettings, launcher: Launcher,
-                 ctx: zmq.asyncio.Context, generation: int, rundir: str,
+                 ctx: zmq.Context[Any], generation: int, rundir: str,
                  shared_env: dict[str, str], on_message: MessageHandler,
                  on_exit: Callable[[RankExited], None]) -> None:
         self.settings = settings
@@ -108,9 +108,11 @@ class RankPool:
     async def start(self) -> None:
         """Start every rank and return once all are connected; raise RankStartError if not."""
         s = self.settings
-        pull = self.ctx.socket(zmq.PULL)
-        pull.linger = 0
-        port = pull.bind_to_random_port(f"tcp://{self.launcher.bind_ip}")
+        sock = self.ctx.socket(zmq.PULL)
+        sock.linger = 0
+        port = sock.bind_to_random_port(f"tcp://{self.launcher.bind_ip}")
+        arrived: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        pull = SocketIO(sock, arrived.put_nowait, "rank handshakes")
         handshake = f"tcp://{self.launcher.bind_ip}:{port}"
         master_port = free_port(self.launcher.bind_ip)
         run_id = new_run_id()
@@ -126,7 +128,7 @@ class RankPool:
                 self.ranks[proc.rank] = RankState(proc.rank, proc, keys[proc.rank])
             self._watchers = [asyncio.ensure_future(self._watch(st)) for st in self.ranks.values()]
             deadline = time.monotonic() + s.start_timeout
-            await asyncio.wait_for(self._handshakes(pull), timeout=s.start_timeout)
+            await asyncio.wait_for(self._handshakes(arrived), timeout=s.start_timeout)
             await asyncio.wait_for(self._links_ready(),
                                    timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
@@ -142,25 +144,30 @@ class RankPool:
         finally:
             pull.close(linger=0)
 
-    async def _handshakes(self, pull: zmq.asyncio.Socket) -> None:
+    async def _handshakes(self, arrived: asyncio.Queue[list[bytes]]) -> None:
         pending = set(self.ranks)
         recv: asyncio.Future[list[bytes]] | None = None
-        while pending:
-            dead = [st for st in self.ranks.values() if st.process.returncode is not None]
-            if dead:
-                st = dead[0]
-                await st.process.wait()
-                raise RankStartError("a rank failed to start: " + describe_death(st.process))
-            if recv is None:
-                recv = asyncio.ensure_future(pull.recv_multipart())
-            exits = [w for w in self._watchers if not w.done()]
-            await asyncio.wait([recv, *exits], return_when=asyncio.FIRST_COMPLETED)
-            if not recv.done():
-                continue
-            frames, recv = recv.result(), None
-            rank = self._accept_handshake(frames)
-            if rank is not None:
-                pending.discard(rank)
+        try:
+            while pending:
+                dead = [st for st in self.ranks.values() if st.process.returncode is not None]
+                if dead:
+                    st = dead[0]
+                    await st.process.wait()
+                    raise RankStartError("a rank failed to start: "
+                                         + describe_death(st.process))
+                if recv is None:
+                    recv = asyncio.ensure_future(arrived.get())
+                exits = [w for w in self._watchers if not w.done()]
+                await asyncio.wait([recv, *exits], return_when=asyncio.FIRST_COMPLETED)
+                if not recv.done():
+                    continue
+                frames, recv = recv.result(), None
+                rank = self._accept_handshake(frames)
+                if rank is not None:
+                    pending.discard(rank)
+        finally:
+            if recv is not None:
+                recv.cancel()
 
     async def _links_ready(self) -> None:
         """Every linked rank answers kernel_info; one that dies meanwhile fails the start."""

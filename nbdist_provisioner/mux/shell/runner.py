@@ -18,7 +18,6 @@ from collections.abc import Coroutine
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from jupyter_client.session import Session
 
 from ...launchers import Launcher
@@ -71,8 +70,8 @@ class Multiplexer:
         self.session = Session(key=conn["key"].encode(),
                                signature_scheme=conn.get("signature_scheme", "hmac-sha256"),
                                username="kernel")
-        self.ctx = zmq.asyncio.Context()
-        self.front = FrontendChannels(self.ctx, conn, self.session)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.front = FrontendChannels(self.ctx, conn, self.session, self._on_frontend)
         self.loop = asyncio.get_running_loop()
         self.publisher = Publisher(self.session, self.front, self.loop)
         ports = tuple((name, int(conn[f"{name}_port"]))
@@ -97,10 +96,7 @@ class Multiplexer:
     async def run(self) -> int:
         self.loop.add_signal_handler(signal.SIGINT, self.feed, InterruptSignal())
         self.loop.add_signal_handler(signal.SIGTERM, self.feed, ShutdownSignal("SIGTERM"))
-        tasks = [asyncio.ensure_future(self.front.serve(ch, self._on_frontend))
-                 for ch in ("shell", "control", "stdin")]
-        tasks.append(asyncio.ensure_future(self.front.serve_subscriptions()))
-        tasks.append(asyncio.ensure_future(self._watch_parent()))
+        tasks = [asyncio.ensure_future(self._watch_parent())]
         self.execute(self.core.start(self.loop.time()))
         await self._done.wait()
         for task in tasks:
