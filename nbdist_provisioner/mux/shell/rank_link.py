@@ -19,6 +19,8 @@ log = logging.getLogger("nbdist.mux")
 
 #: Called for every verified rank message.
 MessageHandler = Callable[[RankMessage], None]
+#: (the rank kernel's CURVE server key, our public key, our secret key), Z85
+CurveKeys = tuple[bytes, bytes, bytes]
 #: Bytes (or their equivalent in small messages) read from one rank socket before the
 #: receive loop lets the event loop run (publish what was merged, read the other ranks,
 #: serve the frontend): every rank is read fairly, and output goes out while it floods.
@@ -37,7 +39,8 @@ class RankLink:
     """
 
     def __init__(self, ctx: zmq.asyncio.Context, generation: int, rank: int,
-                 info: dict[str, Any], key: bytes, on_message: MessageHandler) -> None:
+                 info: dict[str, Any], key: bytes, on_message: MessageHandler,
+                 curve: CurveKeys | None = None) -> None:
         self.generation = generation
         self.rank = rank
         self.info = info
@@ -53,6 +56,8 @@ class RankLink:
                               ("stdin", zmq.DEALER), ("iopub", zmq.SUB)):
             sock = ctx.socket(kind)
             sock.linger = 0
+            if curve is not None:  # a rank on another host: its kernel is a CURVE server
+                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
             if channel in ("shell", "stdin"):
                 # Same routing id on both: the kernel routes input_request by the shell id.
                 sock.identity = self.session.bsession

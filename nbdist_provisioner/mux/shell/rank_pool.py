@@ -200,7 +200,8 @@ class RankPool:
             log.warning("ignored a bad rank handshake: %s", err)
             return None
         st.info = info
-        st.link = RankLink(self.ctx, self.generation, rank, info, st.key, self._on_message)
+        st.link = RankLink(self.ctx, self.generation, rank, info, st.key, self._on_message,
+                           curve=self.launcher.link_curve(rank))
         return rank
 
     def infos(self) -> dict[int, RankInfo]:
