@@ -71,7 +71,10 @@ class NodeLink:
     def __init__(self, token: link.Token, index: int, name: str) -> None:
         self.token, self.index, self.name = token, index, name
         host, port = token.endpoint.removeprefix("tcp://").rsplit(":", 1)
-        self.address = source_address_toward(host, int(port))
+        try:
+            self.address = source_address_toward(host, int(port))
+        except OSError as err:
+            raise SystemExit(self.unreachable(f"this node has no route there ({err})")) from None
         from ..mux.rundir import make_rundir, remove_rundir
 
         self.rundir = make_rundir()
@@ -109,17 +112,19 @@ class NodeLink:
         try:
             msg = await asyncio.wait_for(self.recv(), self.token.register_timeout)
         except asyncio.TimeoutError:
-            raise SystemExit(
-                f"nbdist node {self.index} ({self.name}): cannot reach the multiplexer at "
-                f"{self.token.endpoint} from {self.address}: no answer within "
-                f"{self.token.register_timeout:g}s. Is that address reachable from this node "
-                "(firewall, another network)? Set cluster_address to an address or interface "
-                "of the kernel's host that the nodes reach, and cluster_ports to ports a "
-                "firewall lets through.") from None
+            raise SystemExit(self.unreachable(
+                f"no answer within {self.token.register_timeout:g}s from {self.address}")) from None
         if msg is None or msg["msg_type"] != link.WELCOME:
             why = (msg or {}).get("content", {}).get("why", "an unreadable answer")
             raise SystemExit(f"nbdist node {self.index} ({self.name}): the multiplexer "
                              f"refused this node: {why}")
+
+    def unreachable(self, detail: str) -> str:
+        return (f"nbdist node {self.index} ({self.name}): cannot reach the multiplexer at "
+                f"{self.token.endpoint}: {detail}. Is that address reachable from the nodes "
+                "(firewall, another network)? Set cluster_address to an address or interface "
+                "of the kernel's host that the nodes reach, and cluster_ports to ports a "
+                "firewall lets through.")
 
     # -- messages ------------------------------------------------------------------------
     def send(self, msg_type: str, content: dict[str, Any],

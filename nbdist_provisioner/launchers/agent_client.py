@@ -33,6 +33,8 @@ class AgentRank(RankProcess):
         self._pid = pid
         self._returncode: int | None = None
         self._tail = ""
+        #: why the rank counts as dead although nobody saw it end (its agent or node lost)
+        self.lost_because = ""
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     @property
@@ -57,6 +59,11 @@ class AgentRank(RankProcess):
 
     def stderr_tail(self) -> str:
         return self._tail
+
+    def describe_exit(self) -> str:
+        if self.lost_because:
+            return f"lost ({self.lost_because})"
+        return super().describe_exit()
 
     async def fetch_stderr_tail(self) -> str:
         if self._returncode is None:
@@ -155,6 +162,8 @@ class AgentClient(ABC):
             return
         self._gone, self.ended, self.why_ended = True, True, why
         for proc in self.ranks.values():
+            if proc.returncode is None:
+                proc.lost_because = why
             proc.exited(-9, proc.stderr_tail() + f"\n({why})")
         for fut in self._waiters.values():
             if not fut.done():

@@ -56,7 +56,7 @@ def free_port(addr: str) -> int:
 def how_it_ended(proc: RankProcess) -> str:
     """``rank 2 (pid 41) was killed by signal SIGKILL``: one line for users."""
     how = proc.describe_exit()
-    verb = "was" if how.startswith("killed") else "exited with"
+    verb = "was" if how.startswith(("killed", "lost")) else "exited with"
     return f"rank {proc.rank} (pid {proc.pid}) {verb} {how}"
 
 
