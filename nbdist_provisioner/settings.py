@@ -188,8 +188,8 @@ class KernelSettings:
               "new interpreter.", kind=bool)
     # -- several nodes (launchers `slurm`, `mpi`) -------------------------------------
     nodes: int = setting(
-        0, "Nodes the ranks are spread over (`slurm`, `mpi`), node by node in blocks as "
-           "torch elastic numbers them (the last node may get fewer); 0: every node of the "
+        0, "Nodes the ranks are spread over (`slurm`, `mpi`), as evenly as can be, numbered "
+           "node by node as torch elastic does (node 0 has ranks 0, 1, ...); 0: every node of the "
            "SLURM allocation the kernel runs in, every host of `mpi_hosts`, or 1 for an "
            "allocation of its own.", _check_nodes, int)
     gpus_per_node: int = setting(

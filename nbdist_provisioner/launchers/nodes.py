@@ -52,13 +52,11 @@ EXIT_GRACE = 5.0
 
 
 def split_ranks(nproc: int, nodes: int) -> list[int]:
-    """Ranks per node, filled node by node (the last may get fewer), none empty."""
-    per = -(-nproc // nodes)
-    counts = [min(per, nproc - i * per) for i in range(nodes)]
-    if counts[-1] < 1:
-        raise LauncherError(f"{nproc} ranks over {nodes} nodes leave a node empty with "
-                            f"{per} per node: use fewer nodes")
-    return counts
+    """Ranks per node, as even as can be (the first nodes get one more), none empty."""
+    if not 1 <= nodes <= nproc:
+        raise LauncherError(f"{nproc} ranks cannot fill {nodes} nodes: use 1 to {nproc} nodes")
+    per, more = divmod(nproc, nodes)
+    return [per + 1] * more + [per] * (nodes - more)
 
 
 class CurveKeys:
