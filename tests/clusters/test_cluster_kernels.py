@@ -208,3 +208,15 @@ def test_killed_multiplexer_leaves_no_step_allocation_or_process(site: Site, ker
     os.kill(k.mux_pid, signal.SIGKILL)
     assert wait_gone(pids, timeout=30) == []
     poll(lambda: not site.jobs(), 30, "squeue to empty")
+
+
+def test_dist_init_after_destroy_meets_in_node_0s_store(site: Site, kernels) -> None:
+    """No directory is shared across nodes: %dist_init joins a new world through the
+    store node 0's agent serves, under a prefix of its own."""
+    k: ClusterKernel = kernels(site.install("basic"), site.env)
+    first_reply(k)
+    run = k.cell("dist.destroy_process_group()")
+    assert run.status == "ok", run.reply["content"]
+    run = k.cell("%dist_init")
+    assert run.status == "ok", run.reply["content"]
+    check_all_reduce(k, site)
