@@ -23,13 +23,18 @@ ways, and ``handshake`` (a rank's signed handshake, its frames as buffers).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import zmq
+import zmq.asyncio
 from jupyter_client.session import Session
+
+log = logging.getLogger("nbdist.link")
 
 #: Message types on the link.
 REGISTER, WELCOME, REFUSED = "nbdist_register", "nbdist_welcome", "nbdist_refused"
@@ -96,3 +101,24 @@ def new_token(endpoint: str, server_public: bytes, nodes: int, **kw: Any) -> Tok
 def session(key: str) -> Session:
     """The signing session of a link (a fresh one per side: its replay check is its own)."""
     return Session(key=key.encode(), signature_scheme="hmac-sha256", username="nbdist-node")
+
+
+class Sender:
+    """What ``Session.send`` is given for a zmq.asyncio socket that a receive loop waits
+    on: sends through the asyncio socket itself (``Session.send`` would use a sync shadow,
+    which can swallow the edge that wakes the receive loop: see ``mux.shell.zmqsend``),
+    and a send that fails (a peer gone, under ``router_mandatory``) is logged, not left
+    as a future nobody reads."""
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.socket = sock
+
+    def send_multipart(self, frames: Any, *args: Any, **kwargs: Any) -> Any:
+        sent = self.socket.send_multipart(frames, *args, **kwargs)
+        sent.add_done_callback(_log_failure)
+        return sent
+
+
+def _log_failure(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.debug("a link message was not sent: %s", sent.exception())

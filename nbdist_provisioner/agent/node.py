@@ -88,6 +88,7 @@ class NodeLink:
         self.sock.curve_serverkey = token.server_key.encode()
         self.sock.curve_secretkey = token.client_secret.encode()
         self.sock.curve_publickey = token.client_public
+        self.out = link.Sender(self.sock)
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.linger = 0
         self.last_heard = time.monotonic()
@@ -129,7 +130,7 @@ class NodeLink:
     # -- messages ------------------------------------------------------------------------
     def send(self, msg_type: str, content: dict[str, Any],
              buffers: list[bytes] | None = None) -> None:
-        self.session.send(self.sock, msg_type, content, buffers=buffers)
+        self.session.send(self.out, msg_type, content, buffers=buffers)
 
     async def recv(self) -> dict[str, Any] | None:
         """The next verified message (None for one that is not: dropped)."""
@@ -248,7 +249,7 @@ class NodeLink:
         if lost and self.index == 0 and self.token.release_job:
             subprocess.run(["scancel", self.token.release_job], timeout=30, check=False,
                            stdin=subprocess.DEVNULL)
-        self.ctx.destroy(linger=0)
+        self.ctx.destroy(linger=0 if lost else 1000)  # (let a last event go out)
 
 
 async def serve(node: NodeLink) -> int:

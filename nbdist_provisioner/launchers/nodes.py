@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from ..agent import link
 from ..agent.children import STORE
@@ -87,7 +86,9 @@ class NodeLauncher(Launcher):
         self.job: LaunchedJob | None = None
         self.nodes: list[NodeAgent] = []
         self.keys = CurveKeys()
-        self._handshake_push: zmq.asyncio.Socket | None = None
+        #: (a plain context: the pushes never wait, and nothing receives on it)
+        self._push_ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._handshake_push: zmq.Socket[bytes] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._step_ended = ""
 
@@ -157,8 +158,8 @@ class NodeLauncher(Launcher):
                 await asyncio.wait_for(asyncio.shield(self.job.wait()), EXIT_GRACE)
         await self._end_step("the kernel is ending")
         await self.release()
-        if self._handshake_push is not None:
-            self._handshake_push.close(linger=0)
+        if self._push_ctx is not None:
+            self._push_ctx.destroy(linger=0)
         if self.registry is not None:
             await self.registry.close()
 
@@ -275,8 +276,9 @@ class NodeLauncher(Launcher):
         addr = json.loads(config)["handshake_addr"]
         if self._handshake_push is not None:
             self._handshake_push.close(linger=0)
-        assert self.registry is not None
-        push = self.registry.ctx.socket(zmq.PUSH)
+        if self._push_ctx is None:
+            self._push_ctx = zmq.Context()
+        push = self._push_ctx.socket(zmq.PUSH)
         push.linger = 0
         push.connect(addr)
         self._handshake_push = push

@@ -80,6 +80,7 @@ class Registry:
         sock.setsockopt(zmq.MAXMSGSIZE, link.MAX_MESSAGE)
         sock.router_mandatory = True
         self.sock = sock
+        self.out = link.Sender(sock)
         self.port = self._bind(ports)
         self.endpoint = f"tcp://{address}:{self.port}"
         self.step: Step | None = None
@@ -124,10 +125,7 @@ class Registry:
 
     # -- messages --------------------------------------------------------------------------
     def send(self, node: NodeAgent, msg_type: str, content: dict[str, Any]) -> None:
-        try:
-            node.session.send(self.sock, msg_type, content, ident=node.ident)
-        except zmq.ZMQError as err:  # its connection is gone (router_mandatory)
-            log.debug("node %d: %s not sent: %s", node.index, msg_type, err)
+        node.session.send(self.out, msg_type, content, ident=node.ident)
 
     async def _serve(self) -> None:
         while True:
@@ -168,7 +166,7 @@ class Registry:
     def _register(self, step: Step, ident: bytes, info: dict[str, Any]) -> None:
         def refuse(why: str) -> None:
             log.warning("refused a node registration: %s", why)
-            step.session.send(self.sock, link.REFUSED, {"why": why}, ident=ident)
+            step.session.send(self.out, link.REFUSED, {"why": why}, ident=ident)
 
         try:
             index = int(info["node"])
@@ -185,7 +183,7 @@ class Registry:
         node = NodeAgent(self, ident, step.session, info)
         step.nodes[index] = node
         self._by_ident[ident] = node
-        step.session.send(self.sock, link.WELCOME, {"node": index}, ident=ident)
+        step.session.send(self.out, link.WELCOME, {"node": index}, ident=ident)
         step.changed.set()
 
     async def _heartbeat(self) -> None:
