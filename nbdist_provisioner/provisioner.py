@@ -115,7 +115,7 @@ class MultiRankProvisioner(_SettingTraits):  # type: ignore[misc,valid-type]
             values = {f.name: getattr(self, f.name) for f in declared()}
             values["env"] = {str(k): str(v) for k, v in values["env"].items()}
             settings = KernelSettings(**values)
-            get_launcher(settings.launcher)
+            get_launcher(settings.launcher).check_settings(settings)
         except (SettingsError, LauncherError, TraitError) as err:
             raise ProvisionerConfigError(f"nbdist-provisioner: {err}") from None
         return settings

@@ -95,6 +95,52 @@ def _check_output_ranks(value: Any, s: KernelSettings) -> None:
         raise SettingsError(f"output_ranks: {err}") from None
 
 
+def _count(name: str, low: int, high: int = MAX_NPROC) -> Check:
+    def check(value: Any, _s: KernelSettings) -> None:
+        _integer(name, value)
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return check
+
+
+def _check_nodes(value: Any, s: KernelSettings) -> None:
+    _count("nodes", 0)(value, s)
+    if value > s.nproc:
+        raise SettingsError(f"nodes={value} leaves nodes without a rank: there are "
+                            f"{s.nproc} ranks (nproc)")
+
+
+def _check_words(name: str) -> Check:
+    def check(value: Any, _s: KernelSettings) -> None:
+        import shlex
+
+        try:
+            shlex.split(value)
+        except (ValueError, AttributeError) as err:
+            raise SettingsError(f"{name} must be shell words, got {value!r}: {err}") from None
+    return check
+
+
+def _check_ports(value: Any, _s: KernelSettings) -> None:
+    if value == "":
+        return
+    first, _, last = str(value).partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        lo, hi = 0, -1
+    if not 1 <= lo <= hi <= 65535:
+        raise SettingsError(f"cluster_ports must be a port range FIRST-LAST (or one port), "
+                            f"got {value!r}")
+
+
+def _check_mca(value: Any, _s: KernelSettings) -> None:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SettingsError(f"mpi_mca must map MCA parameter names to string values, "
+                            f"got {value!r}")
+
+
 def _seconds(name: str) -> Check:
     def check(value: Any, _s: KernelSettings) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -109,8 +155,10 @@ class KernelSettings:
     nproc: int = setting(2, "Number of ranks (one IPython kernel each), 1-1024.",
                          _check_nproc, int)
     launcher: str = setting(
-        "local", "How ranks are started: `local` (subprocesses on this host) or a launcher "
-                 "registered in the `nbdist_provisioner.launchers` entry-point group.",
+        "local", "How ranks are started: `local` (subprocesses on this host), `slurm` (an "
+                 "`srun` step, in the allocation the kernel runs in or one of its own), `mpi` "
+                 "(Open MPI's `mpiexec`), or a launcher registered in the "
+                 "`nbdist_provisioner.launchers` entry-point group.",
         _check_launcher)
     backend: str = setting(
         "auto", "torch.distributed backend: `auto` (nccl when every rank has a GPU of its "
@@ -144,6 +192,52 @@ class KernelSettings:
         True, "Start local ranks by forking them from one process that imported ipykernel "
               "(and torch) once: faster starts, less memory per rank. Off: each rank is a "
               "new interpreter.", kind=bool)
+    # -- several nodes (launchers `slurm`, `mpi`) -------------------------------------
+    nodes: int = setting(
+        0, "Nodes the ranks are spread over (`slurm`, `mpi`), as evenly as can be, numbered "
+           "node by node as torch elastic does (node 0 has ranks 0, 1, ...); 0: every node of the "
+           "SLURM allocation the kernel runs in, every host of `mpi_hosts`, or 1 for an "
+           "allocation of its own.", _check_nodes, int)
+    gpus_per_node: int = setting(
+        0, "GPUs an allocation of its own asks for on each node (`salloc --gpus-per-node`); "
+           "0: none.", _count("gpus_per_node", 0, 1024), int)
+    slurm_partition: str = setting(
+        "", "Partition of an allocation the `slurm` launcher makes itself (`salloc "
+            "--partition`); empty: the cluster's default.")
+    slurm_time: str = setting(
+        "", "Time limit of that allocation (`salloc --time`, e.g. `2:00:00`); empty: the "
+            "partition's default.")
+    slurm_account: str = setting("", "Account charged for that allocation (`salloc "
+                                     "--account`); empty: your default.")
+    slurm_allocate: bool = setting(
+        False, "Make an allocation of its own even when the kernel runs inside one.",
+        kind=bool)
+    salloc_args: str = setting(
+        "", "More `salloc` arguments (shell words), e.g. `--qos=debug --constraint=a100`.",
+        _check_words("salloc_args"))
+    srun_args: str = setting("", "More `srun` arguments for the step of node agents.",
+                             _check_words("srun_args"))
+    mpi_hosts: str = setting(
+        "", "Hosts `mpiexec` runs the node agents on, comma-separated (`a,b`); empty: this "
+            "host only.")
+    mpi_mca: dict[str, str] = setting(
+        {}, "`mpiexec --mca` parameters, e.g. `{\"btl_tcp_if_include\": \"ib0\"}` (a JSON "
+            "object in the environment variable).", _check_mca, dict)
+    mpiexec_args: str = setting("", "More `mpiexec` arguments (shell words).",
+                                _check_words("mpiexec_args"))
+    cluster_address: str = setting(
+        "", "Where the multiplexer listens for the nodes' agents (`slurm`, `mpi`): an IP "
+            "address, a host name or an interface name (`ib0`); empty: the address of this "
+            "host's name. Nodes must reach it.")
+    cluster_ports: str = setting(
+        "", "Port range for that endpoint, `FIRST-LAST` (an opening in a firewall); empty: "
+            "any free port.", _check_ports)
+    node_python: str = setting(
+        "", "Python that runs the agent on each node (a path valid there, with "
+            "nbdist-provisioner installed); empty: this kernel's interpreter.")
+    heartbeat_timeout: float = setting(
+        10.0, "Seconds without a heartbeat after which a node counts as lost (and, on a "
+              "node, the multiplexer: its ranks end).", _seconds("heartbeat_timeout"), float)
 
     def __post_init__(self) -> None:
         for f in declared():
@@ -239,5 +333,6 @@ def settings_table() -> str:
         shown = json.dumps(default) if isinstance(default, (dict, bool)) else str(default)
         if isinstance(default, float):
             shown = f"{default:g}"
-        rows.append(f"| `{f.name}` | `{env_var(f.name)}` | `{shown}` | {f.metadata['help']} |")
+        shown = f"`{shown}`" if shown else "(empty)"
+        rows.append(f"| `{f.name}` | `{env_var(f.name)}` | {shown} | {f.metadata['help']} |")
     return "\n".join(rows) + "\n"

@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from .. import proctree
-from .children import RankChild, exec_rank, fork_rank
+from .children import STORE, RankChild, exec_rank, fork_rank, fork_store
 from .protocol import MAX_LINE, decode, encode
 
 
@@ -114,6 +114,8 @@ class Agent:
                 child.read_stderr()
             self.send({"event": "tail", "rank": cmd["rank"],
                        "tail": child.tail_text() if child else ""})
+        elif op == "store":
+            self.start_store(str(cmd["host"]), int(cmd["world_size"]), float(cmd["timeout"]))
         elif op == "end_all":
             self.end_all()
             self.send({"event": "ended"})
@@ -126,11 +128,37 @@ class Agent:
         except OSError as err:
             self.send({"event": "failed", "rank": rank, "error": str(err)})
             return
-        self.ranks[rank] = child
+        self._supervise(child)
+        self.send({"event": "started", "rank": rank, "pid": child.pid})
+
+    def start_store(self, host: str, world_size: int, timeout_s: float) -> None:
+        """Bind the rendezvous store's port on ``host`` and fork its server (see ``store``);
+        the port is known (and reported) before the server runs: clients wait in the
+        backlog, so nobody can take the port in between."""
+        from .store import bind_listener
+
+        old = self.ranks.get(STORE)
+        if old is not None:
+            old.signal(signal.SIGKILL)
+        try:
+            listener = bind_listener(host)
+            port = int(listener.getsockname()[1])
+            try:
+                child = fork_store(listener.fileno(), host, port, world_size, timeout_s)
+            finally:
+                listener.close()
+        except OSError as err:
+            self.send({"event": "failed", "rank": STORE, "error": f"store on {host}: {err}"})
+            return
+        self._supervise(child)
+        self.send({"event": "store", "rank": STORE, "pid": child.pid, "host": host,
+                   "port": port})
+
+    def _supervise(self, child: RankChild) -> None:
+        self.ranks[child.rank] = child
         self.sel.register(child.stderr, selectors.EVENT_READ, ("stderr", child))
         if child.pidfd >= 0:
             self.sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
-        self.send({"event": "started", "rank": rank, "pid": child.pid})
 
     # -- ends ---------------------------------------------------------------------------
     def _rank_ended(self, child: RankChild) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from .. import proctree
 
+#: The "rank" number under which the rendezvous store's child is supervised and reported.
+STORE = -1
 #: Trailing stderr lines kept per rank, and their longest length.
 TAIL_LINES = 200
 MAX_LINE = 1000
@@ -137,6 +139,43 @@ def fork_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
     os.close(write_end)
     os.set_blocking(read_end, False)
     return RankChild(rank, pid, _pidfd(pid), read_end)
+
+
+def fork_store(listener: int, host: str, port: int, world_size: int,
+               timeout_s: float) -> RankChild:
+    """Fork the rendezvous store's server (see ``store``): it serves on ``listener``, a
+    socket this agent bound and listens on. Supervised like a rank, as rank ``STORE``."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the store
+        code = 1
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            from .store import STORE_FD, serve
+
+            os.dup2(listener, STORE_FD)
+            os.closerange(STORE_FD + 1, _max_fd())
+            signal.set_wakeup_fd(-1)
+            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
+                                                      signal.SIGHUP})
+            proctree.set_name("nbdist-store")
+            serve(host, port, world_size, timeout_s)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    return RankChild(STORE, pid, _pidfd(pid), read_end)
 
 
 def exec_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:

@@ -9,6 +9,8 @@ Commands (multiplexer -> agent)::
     {"op": "start", "ranks": [{"rank": 0, "env": {...}, "config": "<RankConfig JSON>"}]}
     {"op": "signal", "rank": 0, "signum": 9}
     {"op": "tail", "rank": 0}
+    {"op": "store", "host": "10.0.0.5", "world_size": 8, "timeout": 300}
+                                           serve the rendezvous store (node 0 of several)
     {"op": "end_all"}                      end every rank and what they started
 
 Events (agent -> multiplexer)::
@@ -18,7 +20,10 @@ Events (agent -> multiplexer)::
     {"event": "failed", "rank": 0, "error": "..."}      could not even start it
     {"event": "exited", "rank": 0, "pid": 42, "returncode": -9, "tail": "..."}
     {"event": "tail", "rank": 0, "tail": "..."}
+    {"event": "store", "rank": -1, "pid": 43, "host": "10.0.0.5", "port": 29500}
     {"event": "ended"}                                   after end_all
+
+The store's child is supervised as rank -1: its end is an ``exited`` event for rank -1.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kernelspecs import SIZED_DISPLAY_NAME, TEMPLATE_KEY, UNSIZED_DISPLAY_NAME
-from ..settings import BACKENDS, MAX_NPROC
+from ..settings import BACKENDS, MAX_NPROC, SettingsError, declared, parse_env_value
 
 
 def positive_int(text: str) -> int:
@@ -23,6 +23,19 @@ def positive_int(text: str) -> int:
     if not 1 <= value <= MAX_NPROC:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_NPROC}, got {value}")
     return value
+
+
+def setting_pair(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` of a declared setting, the value read as its ``NBDIST_*`` would be."""
+    name, sep, raw = text.partition("=")
+    fields = {f.name: f for f in declared()}
+    if not sep or name not in fields:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE with NAME one of {', '.join(fields)}, got {text!r}")
+    try:
+        return name, parse_env_value(name, raw, fields[name].metadata["kind"])
+    except SettingsError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def kernel_spec(nproc: int | None, display_name: str | None, python: str,
@@ -70,6 +83,16 @@ def install(args: argparse.Namespace) -> int:
         config["backend"] = args.backend
     if args.no_init_process_group:
         config["init_process_group"] = False
+    if args.launcher:
+        config["launcher"] = args.launcher
+    config.update(dict(args.setting or ()))
+    try:
+        from ..settings import KernelSettings
+
+        KernelSettings(**{"nproc": args.nproc or MAX_NPROC, **config})  # (checks them)
+    except (SettingsError, TypeError) as err:
+        print(f"nbdist install: {err}", file=sys.stderr)
+        return 2
     spec = kernel_spec(args.nproc, args.display_name, args.python or sys.executable, config)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / args.name
@@ -92,6 +115,11 @@ def add_install_parser(sub: Any) -> None:
     p.add_argument("--name", default="multi-rank", help="kernelspec name (default: multi-rank)")
     p.add_argument("--display-name", default=None, help="name shown in the kernel picker")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="torch.distributed backend")
+    p.add_argument("--launcher", default=None,
+                   help="how ranks start: local (default), slurm, mpi, or a plug-in's name")
+    p.add_argument("--setting", action="append", type=setting_pair, metavar="NAME=VALUE",
+                   help="any other setting for this kernelspec (repeatable), e.g. "
+                        "--setting slurm_partition=gpu --setting nodes=2")
     p.add_argument("--no-init-process-group", action="store_true",
                    help="do not initialise torch.distributed on start (env vars only)")
     p.add_argument("--python", default=None,

@@ -116,6 +116,15 @@ class Launcher(ABC):
     def check(self) -> None:  # noqa: B027 - optional hook
         """Raise LauncherError if this launcher cannot work here (e.g. binary missing)."""
 
+    def check_settings(self, settings: KernelSettings) -> None:  # noqa: B027 - optional hook
+        """Raise LauncherError if these settings cannot work with this launcher (checked
+        by the provisioner, so a bad combination fails the kernel start with a message)."""
+
+    def link_curve(self, rank: int) -> tuple[bytes, bytes, bytes] | None:
+        """CurveZMQ keys for the multiplexer's links to ``rank``'s kernel: (its server public
+        key, our public key, our secret key); None: plain (ranks on this host, loopback)."""
+        return None
+
     def prepare(self, settings: KernelSettings, env: dict[str, str]) -> None:  # noqa: B027
         """Called once, as early as possible, with the kernel's settings and the
         environment every rank shares: start what can be started before the ranks (the

@@ -1,21 +1,18 @@
-"""The job-step launcher contract: one scheduler command starts every rank.
+"""A job step: one scheduler command (``srun``, ``mpiexec``) that starts N tasks.
 
-``Launcher.launch(specs) -> list[RankProcess]`` (base.py) assumes one local process per
-rank that the multiplexer can wait for and signal. With ``srun`` or ``mpiexec`` there is
-one local process for the whole step, the ranks run on other hosts, their pids mean
-nothing here, and a rank's exit is known only from what the scheduler reports. So:
+The ``slurm`` and ``mpi`` launchers run one task per node: the node link of
+``agent.node`` (see ``launchers.nodes``). With ``srun`` or ``mpiexec`` there is one local
+process for the whole step, the tasks run on other hosts, their pids mean nothing here,
+and a task's exit is known only from what the scheduler reports. So:
 
-- ``JobSpec``: one command and one environment for every rank (each rank derives its
-  own ``RANK``... from the scheduler, see placement.py), and the bytes every rank
-  reads on stdin (the one-time registration token: never in argv or the environment).
-- ``LaunchedJob``: the running step. ``wait()`` for it to end, ``terminate()`` it (and
-  release what the launcher allocated), ``rank_exits`` as the scheduler reports them,
-  with a listener so the multiplexer hears of a dead rank while the others still run.
-- ``JobLauncher.launch_job(spec)``.
-
-``JobLauncher`` still subclasses ``Launcher`` so it is found through the same entry
-points and ``check()``; its per-rank ``launch()`` refuses with a message until the
-multiplexer speaks this contract.
+- ``JobSpec``: one command and one environment for every task, and the bytes every task
+  reads on stdin (the one-time token: never in argv or the environment).
+- ``LaunchedJob``: the running step. ``wait()`` for it to end, ``terminate()`` it,
+  ``rank_exits`` (by task) as the scheduler reports them, with a listener so the
+  multiplexer hears of a lost node while the others still run.
+- ``StepProcess``: the local ``srun``/``mpiexec`` process, in a session of its own. Its
+  stdin can stay open after the token: its end (the kernel died, however) reaches
+  every task, which is how nodes learn at once that their kernel is gone.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .base import Launcher, LauncherError, RankProcess, RankSpec, StderrTail
+from .base import LauncherError, StderrTail
 
 #: How long a step gets to stop after SIGTERM before SIGKILL.
 TERMINATE_GRACE = 5.0
@@ -43,8 +40,10 @@ class JobSpec:
     argv: tuple[str, ...]
     #: Extra environment for every rank; forwarded explicitly, nothing else is promised.
     env: Mapping[str, str] = field(default_factory=dict)
-    #: Written to every rank's stdin, then EOF (the registration token, a newline).
+    #: Written to every task's stdin (the token, a newline); then EOF, unless
+    #: ``keep_stdin_open`` (the end comes when the step is terminated or we die).
     stdin: bytes = b""
+    keep_stdin_open: bool = False
     #: Seconds an allocation may stay pending before the start fails.
     start_timeout: float = 120.0
     #: Shown in the scheduler's queue (``squeue``) and used to find our step again.
@@ -117,20 +116,6 @@ class LaunchedJob(ABC):
         """The last lines the step command and the ranks wrote, for error messages."""
 
 
-class JobLauncher(Launcher):
-    """A launcher that starts all ranks as one scheduler job step."""
-
-    async def launch(self, specs: list[RankSpec]) -> list[RankProcess]:
-        raise LauncherError(
-            f"the {self.name!r} launcher starts all ranks as one job step and needs a "
-            "multiplexer that speaks the job-step contract (launchers/job.py); "
-            "use launcher 'local' until then")
-
-    @abstractmethod
-    async def launch_job(self, spec: JobSpec) -> LaunchedJob:
-        """Start every rank; raise LauncherError saying what to fix if it cannot."""
-
-
 class StepProcess(LaunchedJob):
     """The local ``srun``/``mpiexec`` process: own session, stdin fed, output drained.
 
@@ -151,7 +136,7 @@ class StepProcess(LaunchedJob):
     @classmethod
     async def start(cls, argv: Sequence[str], env: Mapping[str, str], stdin: bytes,
                     parse_exit: Callable[[str], Sequence[RankExit]],
-                    **kw: object) -> StepProcess:
+                    keep_stdin_open: bool = False, **kw: object) -> StepProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -166,7 +151,8 @@ class StepProcess(LaunchedJob):
         except (BrokenPipeError, ConnectionResetError):
             pass  # it died at once; wait() and the output tell why
         finally:
-            proc.stdin.close()
+            if not keep_stdin_open:
+                proc.stdin.close()
         return step
 
     async def _drain(self, stream: asyncio.StreamReader) -> None:
@@ -206,6 +192,8 @@ class StepProcess(LaunchedJob):
         return await asyncio.shield(self._terminated)
 
     async def _terminate(self, grace: float) -> int:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()  # the tasks' lifeline: they end by themselves too
         if self.proc.returncode is None:
             self.signal_group(signal.SIGTERM)
             try:

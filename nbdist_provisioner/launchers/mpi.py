@@ -1,83 +1,34 @@
-"""``mpi``: every rank a process of one Open MPI ``mpiexec``.
+"""``mpi``: one node agent per host, as one Open MPI ``mpiexec`` (see ``launchers.nodes``).
 
-Ranks are mapped in blocks (``--map-by slot`` over ``host:slots``) so Open MPI's ranks
-match torch elastic's; the per-host counts go to the ranks in ``NBDIST_TASKS_PER_NODE``
-since Open MPI does not tell a process its node index. Environment is forwarded only
-with ``-x NAME`` (remote hosts do not inherit mpiexec's), and every rank gets the same
-stdin (``--stdin all``). MPICH's hydra differs (``-hosts``/``-ppn``/``-genvlist``, stdin
-to rank 0 only) and is refused with a message.
+``mpiexec --map-by ppr:1:node`` over ``mpi_hosts`` (``host:1`` each; this host alone
+without hosts) runs one node link per host. Remote hosts do not inherit mpiexec's
+environment, so what the nodes need is forwarded explicitly, by name (``-x``): the
+kernel's ``env`` setting and ``PYTHONPATH``; ranks get their environment from the
+multiplexer over the node link. Every task gets the same stdin (``--stdin all``: the
+token). MPICH's hydra differs (``-hosts``/``-ppn``/``-genvlist``, stdin to rank 0 only)
+and is refused with a message.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
 
+from ..agent.link import Token
 from .base import LauncherError
-from .job import JobLauncher, JobSpec, LaunchedJob, RankExit, StepProcess
-from .placement import TASKS_PER_NODE_VAR
+from .job import JobSpec, LaunchedJob, RankExit, StepProcess
+from .nodes import NodeLauncher
 
-#: JSON object of ``MpiOptions`` fields, e.g. ``{"hosts": ["a", "b"], "tasks_per_node": 4}``.
-OPTIONS_ENV = "NBDIST_MPI"
 # "mpiexec noticed that process rank 2 with PID 0 on node nodeB exited on signal 9 (Killed)."
 _SIGNALED = re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)")
 _PROC_NAME = re.compile(r"Process name:\s+\[\[\d+,\d+\],(\d+)\]")
 _EXIT_CODE = re.compile(r"Exit code:\s+(\d+)")
-
-
-@dataclass(frozen=True)
-class MpiOptions:
-    """Where mpiexec runs the ranks; empty ``hosts`` means this host only."""
-
-    hosts: tuple[str, ...] = ()
-    tasks_per_node: int | None = None
-    mca: Mapping[str, str] = field(default_factory=dict)
-    oversubscribe: bool = False
-    mpiexec_args: tuple[str, ...] = ()
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> MpiOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LauncherError(f"unknown mpi option(s) {', '.join(unknown)}; "
-                                f"known: {', '.join(sorted(known))}")
-        values = dict(data)
-        for key in ("hosts", "mpiexec_args"):
-            if key in values:
-                values[key] = tuple(values[key])  # type: ignore[call-overload]
-        return cls(**values)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> MpiOptions:
-        raw = env.get(OPTIONS_ENV)
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-        except ValueError as err:
-            raise LauncherError(f"{OPTIONS_ENV} is not JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise LauncherError(f"{OPTIONS_ENV} must be a JSON object")
-        return cls.from_mapping(data)
-
-    def counts(self, nproc: int) -> list[int]:
-        """Ranks per host, filled in host order (the last host may get fewer)."""
-        hosts = len(self.hosts) or 1
-        per = self.tasks_per_node or -(-nproc // hosts)
-        if per * hosts < nproc:
-            raise LauncherError(f"{hosts} host(s) × tasks_per_node={per} cannot hold "
-                                f"{nproc} ranks")
-        counts = [min(per, nproc - i * per) for i in range(hosts)]
-        if counts[-1] < 1:
-            raise LauncherError(f"{nproc} ranks leave host {self.hosts[-1]!r} empty with "
-                                f"tasks_per_node={per}: list fewer hosts")
-        return counts
+#: Forwarded to the nodes besides the names of the ``env`` setting.
+FORWARDED = ("PYTHONPATH",)
 
 
 def parse_rank_exits(line: str, state: dict[str, int]) -> list[RankExit]:
@@ -111,15 +62,14 @@ def mpiexec_flavour(mpiexec: str) -> str:
     return "unknown"
 
 
-class MpiLauncher(JobLauncher):
-    """Open MPI's ``mpiexec`` over ``options.hosts`` (or this host)."""
+class MpiLauncher(NodeLauncher):
+    """Open MPI's ``mpiexec`` over ``mpi_hosts`` (or this host)."""
 
     name = "mpi"
 
-    def __init__(self, options: MpiOptions | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__()
         self.env = dict(os.environ if env is None else env)
-        self.options = options if options is not None else MpiOptions.from_env(self.env)
         self._mpiexec: str | None = None
 
     def check(self) -> None:
@@ -134,28 +84,43 @@ class MpiLauncher(JobLauncher):
                                 "takes other options)")
         self._mpiexec = found
 
-    def mpiexec_argv(self, spec: JobSpec) -> list[str]:
-        opts = self.options
-        counts = opts.counts(spec.nproc)
-        argv = [self._mpiexec or "mpiexec", "-np", str(spec.nproc), "--map-by", "slot",
-                "--stdin", "all"]
-        if opts.hosts:
-            argv += ["--host", ",".join(f"{h}:{n}" for h, n in zip(opts.hosts, counts,
-                                                                 strict=False))]
+    @property
+    def hosts(self) -> list[str]:
+        return [h.strip() for h in self.settings.mpi_hosts.split(",") if h.strip()]
+
+    def node_count(self) -> int:
+        hosts = len(self.hosts) or 1
+        nodes = self.settings.nodes or hosts
+        if nodes > hosts:
+            raise LauncherError(f"nodes={nodes} but mpi_hosts names {hosts} host(s)")
+        return nodes
+
+    def mpiexec_argv(self, spec: JobSpec, slots: Sequence[int]) -> list[str]:
+        """``spec.nproc`` processes, ``slots[i]`` on host i, placed in blocks."""
+        s = self.settings
+        argv = [self._mpiexec or "mpiexec", "-np", str(spec.nproc), "--stdin", "all"]
+        if self.hosts:
+            hosts = self.hosts[:len(slots)]
+            argv += ["--host", ",".join(f"{h}:{n}" for h, n in zip(hosts, slots, strict=True))]
+        argv += ["--map-by", "ppr:1:node" if set(slots) == {1} else "slot"]
         if os.geteuid() == 0:
             argv.append("--allow-run-as-root")  # containers; Open MPI refuses root otherwise
-        if opts.oversubscribe:
-            argv.append("--oversubscribe")
-        for key, value in opts.mca.items():
+        for key, value in s.mpi_mca.items():
             argv += ["--mca", key, str(value)]
-        for name in sorted({*spec.env, TASKS_PER_NODE_VAR}):
+        for name in sorted({*spec.env, *s.env, *(v for v in FORWARDED if v in self.env)}):
             argv += ["-x", name]
-        return [*argv, *opts.mpiexec_args, *spec.argv]
+        return [*argv, *shlex.split(s.mpiexec_args), *spec.argv]
 
-    async def launch_job(self, spec: JobSpec) -> LaunchedJob:
+    async def launch_job(self, spec: JobSpec, slots: Sequence[int]) -> StepProcess:
+        """Run ``spec`` with ``slots[i]`` processes on host i."""
         self.check()
-        counts = self.options.counts(spec.nproc)
-        env = {**self.env, **spec.env, TASKS_PER_NODE_VAR: ",".join(map(str, counts))}
+        env = {**self.env, **self.settings.env, **spec.env}
         state: dict[str, int] = {}
-        return await StepProcess.start(self.mpiexec_argv(spec), env, spec.stdin,
-                                       lambda line: parse_rank_exits(line, state))
+        return await StepProcess.start(self.mpiexec_argv(spec, slots), env, spec.stdin,
+                                       lambda line: parse_rank_exits(line, state),
+                                       keep_stdin_open=spec.keep_stdin_open)
+
+    async def start_step(self, token: Token, argv: Sequence[str]) -> LaunchedJob:
+        nodes = len(self.counts)
+        return await self.launch_job(
+            JobSpec(nodes, tuple(argv), stdin=token.line(), keep_stdin_open=True), [1] * nodes)

@@ -1,30 +1,37 @@
-"""``slurm``: every rank a task of one ``srun`` step.
+"""``slurm``: one node agent per node, as one ``srun`` step (see ``launchers.nodes``).
 
 Inside an allocation (``SLURM_JOB_ID`` set: a batchspawner job, an ``salloc`` shell) the
-step runs there. Outside one, the launcher first asks for an allocation with
-``salloc --no-shell`` and the user's options (partition, time, nodes, tasks and GPUs
-per node), runs the step in it with ``srun --jobid``, and ``scancel``s it when the job
-is terminated. Tasks are placed in blocks (``--distribution=block``) so SLURM's task
-ids match torch elastic's ranks, and every task gets the same stdin (``--input=all``).
+step runs there, with ``--overlap`` (the job's own server step may hold its CPUs).
+Outside one, the launcher first asks for an allocation with ``salloc --no-shell`` and
+the kernel's settings (nodes, ranks per node, partition, time, GPUs per node, account,
+more arguments), runs its steps in it with ``srun --jobid``, and ``scancel``s it when the
+kernel ends (the nodes cancel it themselves if the kernel is killed). An allocation
+that is refused fails the start with SLURM's words; one pending past ``start_timeout``
+is cancelled and the start fails with the reason ``squeue`` gives.
+
+The step: ``--ntasks-per-node=1``, each task given all CPUs the allocation has on its
+node (``--cpus-per-task``; GPUs are a step's by default), every task the same stdin
+(``--input=all``: the token), ``--kill-on-bad-exit`` (a node that fails ends the step, and
+a new one replaces it), ``--export=ALL``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
+import shlex
 import shutil
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 
+from ..agent.link import Token
 from .base import LauncherError
-from .job import JobLauncher, JobSpec, LaunchedJob, RankExit, StepProcess, run_command
+from .job import JobSpec, LaunchedJob, RankExit, StepProcess, run_command
+from .nodes import NodeLauncher
+from .placement import PlacementError, parse_slurm_tasks_per_node
 
-#: JSON object of ``SlurmOptions`` fields, e.g. ``{"partition": "gpu", "nodes": 2}``.
-OPTIONS_ENV = "NBDIST_SLURM"
 _GRANTED = re.compile(r"Granted job allocation (\d+)")
 _PENDING = re.compile(r"Pending job allocation (\d+)")
 # "srun: error: n2: task 3: Exited with exit code 7", "srun: error: n1: tasks 0-1: Killed"
@@ -35,72 +42,8 @@ _SIGNAL_BY_TEXT = {}
 for _sig in signal.Signals:
     with contextlib.suppress(ValueError, TypeError):
         _SIGNAL_BY_TEXT.setdefault(signal.strsignal(_sig) or "", _sig.value)
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What to ask SLURM for when the launcher makes its own allocation."""
-
-    partition: str | None = None
-    time: str | None = None
-    nodes: int | None = None
-    tasks_per_node: int | None = None
-    gpus_per_node: int | None = None
-    account: str | None = None
-    #: Allocate even inside an allocation (default: use the one we are in).
-    always_allocate: bool = False
-    salloc_args: tuple[str, ...] = ()
-    srun_args: tuple[str, ...] = ()
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> SlurmOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LauncherError(f"unknown slurm option(s) {', '.join(unknown)}; "
-                                f"known: {', '.join(sorted(known))}")
-        values = {k: tuple(v) if k.endswith("_args") else v  # type: ignore[call-overload]
-                  for k, v in data.items()}
-        return cls(**values)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> SlurmOptions:
-        raw = env.get(OPTIONS_ENV)
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-        except ValueError as err:
-            raise LauncherError(f"{OPTIONS_ENV} is not JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise LauncherError(f"{OPTIONS_ENV} must be a JSON object")
-        return cls.from_mapping(data)
-
-    def layout(self, nproc: int) -> list[str]:
-        """``-n``/``-N``/``--ntasks-per-node`` for ``nproc`` ranks, checked for consistency."""
-        args = ["--ntasks", str(nproc)]
-        per_node = self.tasks_per_node
-        if self.nodes is not None:
-            if self.nodes < 1 or self.nodes > nproc:
-                raise LauncherError(f"slurm nodes={self.nodes} does not fit {nproc} ranks")
-            args += ["--nodes", str(self.nodes)]
-            if per_node is None and nproc % self.nodes == 0:
-                per_node = nproc // self.nodes  # even spread, not SLURM's fill-first
-        if per_node is not None:
-            if self.nodes is not None and self.nodes * per_node != nproc:
-                raise LauncherError(f"slurm nodes={self.nodes} × tasks_per_node={per_node} "
-                                    f"is not the {nproc} ranks of this kernel")
-            args += ["--ntasks-per-node", str(per_node)]
-        return args
-
-    def salloc_argv(self, nproc: int, name: str) -> list[str]:
-        argv = ["salloc", "--no-shell", "--job-name", name, *self.layout(nproc)]
-        for flag, value in (("--partition", self.partition), ("--time", self.time),
-                            ("--gpus-per-node", self.gpus_per_node),
-                            ("--account", self.account)):
-            if value is not None:
-                argv += [flag, str(value)]
-        return argv + list(self.salloc_args)
+#: Variables of an enclosing step's task: srun must not take them for its own.
+_TASK_VARS = ("SLURM_STEP_", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
 
 
 def parse_task_exits(line: str) -> list[RankExit]:
@@ -132,11 +75,10 @@ class Allocation:
         self.released = False
 
     @classmethod
-    async def request(cls, options: SlurmOptions, nproc: int, name: str, timeout: float,
+    async def request(cls, argv: Sequence[str], timeout: float,
                       env: Mapping[str, str]) -> Allocation:
-        """Ask for an allocation and wait for the grant; fail fast when refused, and after
-        ``timeout`` seconds when it stays pending (then it is cancelled)."""
-        argv = options.salloc_argv(nproc, name)
+        """Run ``salloc --no-shell ...`` and wait for the grant; fail fast when refused, and
+        after ``timeout`` seconds when it stays pending (then it is cancelled)."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=dict(env), stdin=asyncio.subprocess.DEVNULL,
@@ -173,13 +115,13 @@ class Allocation:
             raise LauncherError(
                 f"SLURM allocation {job_id or '(no id yet)'} still pending after "
                 f"{timeout:.0f}s{reason}; it was cancelled. Ask for less (nodes, time, GPUs), "
-                f"another partition, or raise start_timeout. Request: {' '.join(argv)}"
+                f"another partition, or raise start_timeout. Request: {shlex.join(argv)}"
             ) from None
         code = await proc.wait()
         if job_id:  # pending, then salloc ended without a grant (job cancelled or failed)
             await run_command(["scancel", job_id], env)
         detail = "\n".join(ln for ln in lines if ln) or f"salloc exited with {code}"
-        raise LauncherError(f"SLURM refused the allocation ({' '.join(argv)}):\n{detail}")
+        raise LauncherError(f"SLURM refused the allocation ({shlex.join(argv)}):\n{detail}")
 
     async def release(self) -> None:
         if not self.released:
@@ -206,19 +148,17 @@ async def _pending_reason(job_id: str, env: Mapping[str, str]) -> str:
 
 
 class SrunStep(StepProcess):
-    """An ``srun`` step; ends by signal, then by ``scancel`` of the step, then releases
-    the allocation if the launcher made it."""
+    """An ``srun`` step; ends by signal, then ``scancel`` of what is left of the step (a
+    SIGKILLed srun leaves its step running)."""
 
     job_id: str | None = None
 
     def __init__(self, proc: asyncio.subprocess.Process, parse_exit: object, *,
-                 job_id: str, name: str, client_env: Mapping[str, str],
-                 allocation: Allocation | None) -> None:
+                 job_id: str, name: str, client_env: Mapping[str, str]) -> None:
         super().__init__(proc, parse_exit)  # type: ignore[arg-type]
         self.job_id = job_id
         self.name = name
         self.env = client_env
-        self.allocation = allocation
 
     async def step_ids(self) -> list[str]:
         """``JOB.STEP`` of our step(s) still known to SLURM (found by the step name)."""
@@ -230,21 +170,20 @@ class SrunStep(StepProcess):
                 if nm.strip() == self.name]
 
     async def cleanup(self) -> None:
-        for step in await self.step_ids():  # srun gone but the step not (SIGKILLed srun)
+        for step in await self.step_ids():
             await run_command(["scancel", step], self.env)
-        if self.allocation is not None:
-            await self.allocation.release()
 
 
-class SlurmLauncher(JobLauncher):
-    """``srun`` inside the current allocation, or in one made with ``salloc --no-shell``."""
+class SlurmLauncher(NodeLauncher):
+    """Node agents as an ``srun`` step, in the current allocation or one of its own."""
 
     name = "slurm"
 
-    def __init__(self, options: SlurmOptions | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__()
         self.env = dict(os.environ if env is None else env)
-        self.options = options if options is not None else SlurmOptions.from_env(self.env)
+        self.allocation: Allocation | None = None
+        self.job_name = f"nbdist-{os.getpid()}"
 
     def check(self) -> None:
         for tool in ("srun", "salloc", "scancel", "squeue"):
@@ -256,39 +195,92 @@ class SlurmLauncher(JobLauncher):
 
     @property
     def inside_allocation(self) -> bool:
-        return bool(self.env.get("SLURM_JOB_ID")) and not self.options.always_allocate
+        return bool(self.env.get("SLURM_JOB_ID")) and not self.settings.slurm_allocate
 
-    def srun_argv(self, spec: JobSpec, job_id: str) -> list[str]:
-        return ["srun", "--jobid", job_id, "--job-name", spec.name,
-                *self.options.layout(spec.nproc),
-                "--distribution=block", "--input=all", "--kill-on-bad-exit=1",
-                "--export=ALL", *self.options.srun_args, *spec.argv]
-
-    async def launch_job(self, spec: JobSpec) -> LaunchedJob:
-        self.check()
-        allocation = None
+    def node_count(self) -> int:
+        if self.settings.nodes:
+            return self.settings.nodes
         if self.inside_allocation:
-            job_id = self.env["SLURM_JOB_ID"]
-        else:
-            allocation = await Allocation.request(self.options, spec.nproc, spec.name,
-                                                  spec.start_timeout, self._client_env())
-            job_id = allocation.job_id
-        # srun forwards its own environment (--export=ALL): ours plus the job's variables.
-        env = {**self._client_env(), **spec.env}
-        try:
-            return await SrunStep.start(self.srun_argv(spec, job_id), env, spec.stdin,
-                                        parse_task_exits, job_id=job_id, name=spec.name,
-                                        client_env=self._client_env(),
-                                        allocation=allocation)
-        except BaseException:
-            if allocation is not None:
-                await allocation.release()
-            raise
+            found = self.env.get("SLURM_JOB_NUM_NODES") or self.env.get("SLURM_NNODES") or "1"
+            return max(1, min(int(found), self.settings.nproc))
+        return 1
 
-    def _client_env(self) -> dict[str, str]:
-        """Our environment without the variables of an enclosing step (not its task's)."""
-        drop = ("SLURM_STEP_", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")
-        return {k: v for k, v in self.env.items() if not k.startswith(drop)}
+    def salloc_argv(self) -> list[str]:
+        """The allocation: the nodes, each with CPUs for its ranks, and the user's options."""
+        s = self.settings
+        argv = ["salloc", "--no-shell", "--job-name", self.job_name,
+                "--nodes", str(len(self.counts)), "--ntasks-per-node", str(max(self.counts))]
+        for flag, value in (("--partition", s.slurm_partition), ("--time", s.slurm_time),
+                            ("--account", s.slurm_account),
+                            ("--gpus-per-node", s.gpus_per_node or "")):
+            if value:
+                argv += [flag, str(value)]
+        return argv + shlex.split(s.salloc_args)
+
+    @property
+    def job_id(self) -> str:
+        if self.allocation is not None:
+            return self.allocation.job_id
+        return self.env.get("SLURM_JOB_ID", "")
+
+    async def allocate(self) -> None:
+        if self.inside_allocation or (self.allocation and not self.allocation.released):
+            return
+        self.allocation = await Allocation.request(
+            self.salloc_argv(), self.settings.start_timeout, self.client_env())
+
+    def own_allocation(self) -> str:
+        return self.allocation.job_id if self.allocation is not None else ""
+
+    async def release(self) -> None:
+        if self.allocation is not None:
+            await self.allocation.release()
+
+    async def cpus_per_node(self) -> int | None:
+        """The CPUs the allocation has on each node (the first node's, for a mixed one)."""
+        code, out, _ = await run_command(["squeue", "-h", "-j", self.job_id, "-o", "%C %D"],
+                                         self.client_env(), 10)
+        if code == 0:
+            with contextlib.suppress(ValueError, ZeroDivisionError):
+                cpus, nodes = (int(x) for x in out.split())
+                return cpus // nodes
+        text = self.env.get("SLURM_JOB_CPUS_PER_NODE", "")
+        with contextlib.suppress(PlacementError, IndexError):
+            return parse_slurm_tasks_per_node(text)[0]
+        return None
+
+    def srun_argv(self, spec: JobSpec, nodes: int, cpus_per_task: int | None = None) -> list[str]:
+        argv = ["srun", "--jobid", self.job_id, "--job-name", spec.name, "--nodes", str(nodes),
+                "--ntasks", str(spec.nproc), "--distribution=block", "--input=all",
+                "--kill-on-bad-exit=1", "--export=ALL"]
+        if spec.nproc % nodes == 0:
+            argv += ["--ntasks-per-node", str(spec.nproc // nodes)]
+        if cpus_per_task:
+            argv += ["--cpus-per-task", str(cpus_per_task)]
+        if self.inside_allocation:
+            argv.append("--overlap")
+        return argv + shlex.split(self.settings.srun_args) + list(spec.argv)
+
+    async def launch_job(self, spec: JobSpec, nodes: int,
+                         cpus_per_task: int | None = None) -> SrunStep:
+        """Run ``spec.nproc`` tasks in blocks over ``nodes`` nodes of the allocation."""
+        self.check()
+        env = {**self.client_env(), **spec.env}  # srun --export=ALL: the tasks get it
+        step = await SrunStep.start(self.srun_argv(spec, nodes, cpus_per_task), env, spec.stdin,
+                                    parse_task_exits, keep_stdin_open=spec.keep_stdin_open,
+                                    job_id=self.job_id, name=spec.name,
+                                    client_env=self.client_env())
+        return step
+
+    async def start_step(self, token: Token, argv: Sequence[str]) -> LaunchedJob:
+        nodes = len(self.counts)
+        return await self.launch_job(
+            JobSpec(nodes, tuple(argv), stdin=token.line(), keep_stdin_open=True,
+                    name=self.job_name), nodes, await self.cpus_per_node())
+
+    def client_env(self) -> dict[str, str]:
+        """Our environment without the variables of an enclosing step's task."""
+        return {k: v for k, v in self.env.items() if not k.startswith(_TASK_VARS)}
 
 
 def describe_exits(exits: Sequence[RankExit]) -> str:

@@ -32,10 +32,21 @@ class RankConfig:
     #: Where this rank's kernel writes its connection file: a fresh path in the kernel's
     #: private directory, removed as soon as the kernel has started.
     connection_file: str = ""
+    #: The node's name shown for this rank (``{host}``); empty: this host's name.
+    host: str = ""
+    #: CurveZMQ for a rank on another host than the multiplexer (empty: none): the
+    #: rank kernel's key pair (its sockets are CURVE servers, as ipykernel does with
+    #: jupyter_client's ``transport_encryption``) and the client public keys its ZAP
+    #: handler admits (the multiplexer's), Z85.
+    curve_publickey: str = ""
+    curve_secretkey: str = ""
+    curve_clients: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> RankConfig:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data["curve_clients"] = tuple(data.get("curve_clients", ()))
+        return cls(**data)

@@ -35,6 +35,28 @@ def end_with_parent() -> None:
         parent_died()  # (gone before the watch was in place)
 
 
+class _AllowList:
+    """ZAP credentials provider: only the listed CURVE client keys (Z85) get in."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = frozenset(k.encode() for k in keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+def admit_only(context: object, clients: tuple[str, ...]) -> object:
+    """Start a ZAP handler on the kernel's context that admits only ``clients``: a CURVE
+    server otherwise lets in anyone who knows its public key. (The heartbeat's socket
+    has a context of its own: it only echoes.)"""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(context)  # type: ignore[arg-type]
+    auth.start()
+    auth.configure_curve_callback("*", credentials_provider=_AllowList(clients))
+    return auth
+
+
 def run(config: RankConfig) -> None:
     os.environ.pop("JPY_PARENT_PID", None)  # our watch replaces ipykernel's
     end_with_parent()
@@ -65,7 +87,12 @@ def run(config: RankConfig) -> None:
     cfg.InteractiveShellApp.extensions = ["nbdist_provisioner.rank.extension"]
     cfg.IPKernelApp.outstream_class = "nbdist_provisioner.rank.iostream.RankOutStream"
     app = IPKernelApp.instance(config=cfg)
+    if config.curve_secretkey:  # (traits, not config options: the connection file's place)
+        app.curve_publickey = config.curve_publickey.encode()
+        app.curve_secretkey = config.curve_secretkey.encode()
     app.initialize([])
+    if config.curve_secretkey:  # before anyone is told where the kernel listens
+        app.nbdist_zap = admit_only(app.context, config.curve_clients)
     # the connection file holds the key: nothing needs it once the kernel has started
     with contextlib.suppress(OSError):
         os.unlink(app.abs_connection_file)
@@ -102,7 +129,7 @@ def run(config: RankConfig) -> None:
     push.connect(config.handshake_addr)
     rank = int(os.environ.get("RANK", "0"))
     session.send(push, "nbdist_rank_ready", {
-        "rank": rank, "pid": os.getpid(), "host": socket.gethostname(),
+        "rank": rank, "pid": os.getpid(), "host": config.host or socket.gethostname(),
         "local_rank": int(os.environ.get("LOCAL_RANK", rank)),
         "ip": app.ip, "transport": app.transport, "shell_port": app.shell_port,
         "iopub_port": app.iopub_port, "stdin_port": app.stdin_port,

@@ -85,6 +85,8 @@ class ProcessGroupKeeper:
         self.record = GroupRecord()
         self._lock = threading.Lock()
         self._dist_init_count = 0
+        #: failed rendezvous in the agent's store (their names are not reused)
+        self._failed_tries = 0
         #: the kernel's own ports, never touched (set once the kernel bound them)
         self.kernel_ports: frozenset[int] = frozenset()
         #: inodes of the sockets our process groups opened (gloo pairs, NCCL bootstrap)
@@ -177,22 +179,33 @@ class ProcessGroupKeeper:
         return kwargs
 
     def _join(self, path: str) -> None:
-        """Every rank meets in the file store at ``path``; raises after the collective timeout."""
+        """Every rank meets in a fresh store named after ``path``; raises after the
+        collective timeout. On one host: the file store at ``path``. Across hosts (the
+        node agent serves the world's store, ``TORCHELASTIC_USE_AGENT_STORE``): that
+        store, under a prefix of that name, since no directory is shared."""
         import torch.distributed as dist
 
-        if not self.rendezvous_dir or not os.path.isdir(self.rendezvous_dir):
-            raise RuntimeError("this rank has no private rendezvous directory")
         if dist.is_initialized():
             self.abort(f"replaced by {os.path.basename(path)}")
-        store = dist.FileStore(path, self.world_size)
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        if agent_store:
+            store: Any = dist.PrefixStore(f"nbdist/{os.path.basename(path)}", dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), self.world_size,
+                False, timedelta(seconds=self.timeout_s)))
+        elif not self.rendezvous_dir or not os.path.isdir(self.rendezvous_dir):
+            raise RuntimeError("this rank has no private rendezvous directory")
+        else:
+            store = dist.FileStore(path, self.world_size)
         try:
             self.track(lambda: dist.init_process_group(
                 store=store, rank=self.rank, world_size=self.world_size, **self._init_kwargs()))
         except Exception as err:
             self._set(ABORTED, f"rendezvous {os.path.basename(path)} failed: {error_text(err)}")
-            if self.rank == 0:  # a later try with the same name starts from an empty store
+            if self.rank == 0 and not agent_store:  # a later try starts from an empty store
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            if agent_store:  # (a store's keys cannot be removed: the next try is a new name)
+                self._failed_tries += 1
             raise
 
     def reinit(self, generation: int) -> dict[str, Any]:
@@ -223,7 +236,8 @@ class ProcessGroupKeeper:
         if dist.is_initialized():
             return "already initialised; nothing done"
         count = self._dist_init_count + 1
-        self._join(os.path.join(self.rendezvous_dir, f"dist-init-{count}.store"))
+        retry = f"-retry-{self._failed_tries}" if self._failed_tries else ""
+        self._join(os.path.join(self.rendezvous_dir, f"dist-init-{count}{retry}.store"))
         self._dist_init_count = count
         self._set(HEALTHY, f"initialised again by %dist_init #{count}", backend=self.backend,
                   generation=self.record.generation)

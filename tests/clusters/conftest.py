@@ -1,4 +1,5 @@
-"""Fixtures for real schedulers on this host: a SLURM cluster and emulated MPI hosts.
+"""Fixtures for real schedulers on this host: a SLURM cluster and emulated MPI hosts, and
+multi-rank kernels on them.
 
 Tests here skip only when the binaries are missing (``python3 dev.py test`` installs
 them with apt).
@@ -7,9 +8,12 @@ them with apt).
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import cluster_kernels
 import mpi_hosts
 import pytest
 import slurm_cluster
@@ -59,3 +63,48 @@ def mpi(tmp_path: Path) -> mpi_hosts.EmulatedHosts:
     if missing:
         pytest.skip(f"OpenMPI not installed (missing {', '.join(missing)})")
     return mpi_hosts.EmulatedHosts(tmp_path)
+
+
+@dataclass
+class Site:
+    """One scheduler with two nodes, as the multi-rank kernel's settings see it."""
+
+    launcher: str
+    nodes: tuple[str, str]
+    env: dict[str, str]
+    settings: dict[str, Any]
+    prefix: Path
+    jobs: Callable[[], list[str]] = field(default=lambda: [])
+    slurm: slurm_cluster.SlurmCluster | None = None
+
+    def install(self, variant: str, nproc: int = 4, **settings: Any) -> str:
+        """A kernelspec for this site; ``settings`` over the site's."""
+        return cluster_kernels.install(self.prefix, f"nbdist-{self.launcher}-{variant}",
+                                       self.launcher, nproc, **{**self.settings, **settings})
+
+
+#: What every multi-node test kernel shares: loopback, gloo, short heartbeats.
+COMMON = {"cluster_address": "127.0.0.1", "backend": "gloo", "start_timeout": 90,
+          "heartbeat_timeout": 4, "stream_prefix": "[{host}:{rank}] "}
+
+
+@pytest.fixture(params=["slurm", "mpi"])
+def site(request: pytest.FixtureRequest, kernel_prefix: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """Each launcher on its scheduler, 4 ranks over 2 nodes."""
+    if request.param == "slurm":
+        cluster = request.getfixturevalue("slurm_clean")
+        return Site("slurm", ("n1", "n2"), dict(cluster.env), {**COMMON, "nodes": 2},
+                    kernel_prefix, cluster.jobs, cluster)
+    hosts: mpi_hosts.EmulatedHosts = request.getfixturevalue("mpi")
+    import os
+
+    return Site("mpi", ("nodeA", "nodeB"), dict(os.environ),
+                {**COMMON, "mpi_hosts": ",".join(hosts.hosts), "mpi_mca": hosts.mca},
+                kernel_prefix)
+
+
+@pytest.fixture
+def kernels() -> Iterator[Any]:
+    """Factory of multi-rank kernels, shut down and checked by pid after the test."""
+    yield from cluster_kernels.kernels()

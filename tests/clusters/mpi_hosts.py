@@ -3,7 +3,9 @@
 ``mpiexec`` treats every name in ``--host`` that is not this machine as remote and
 starts its ``orted`` there through ``plm_rsh_agent`` (ssh by default). Our agent runs
 the command locally instead and exports ``NBDIST_TEST_HOST=<name>``, so a test can
-tell which emulated host a rank landed on. Like ssh, it starts the command with a
+tell which emulated host a rank landed on; where it may (root, ``unshare``), the command
+also gets a UTS namespace of its own whose host name is ``<name>``, so what runs there
+sees the host name a real host would have. Like ssh, it starts the command with a
 fresh environment (``env -i``, only HOME and PATH), so only what ``mpiexec -x``
 forwards reaches the ranks, as on real hosts. Only loopback interfaces are used.
 """
@@ -23,6 +25,10 @@ _AGENT = """#!/bin/sh
 # with a login-like environment as ssh would (nothing of mpiexec's leaks through).
 host="$1"; shift
 echo "$host $*" >> "{log}"
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
+  exec env -i HOME="$HOME" PATH="$PATH" LANG=C.UTF-8 {var}="$host" \
+    unshare --uts /bin/sh -c "hostname \"$host\" && $*"
+fi
 exec env -i HOME="$HOME" PATH="$PATH" LANG=C.UTF-8 {var}="$host" /bin/sh -c "$*"
 """
 

@@ -21,6 +21,17 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 RequestHandler = Callable[[str, list[bytes], dict[str, Any]], None]
 
 
+def curve_server(sock: zmq.Socket[Any], conn: dict[str, Any]) -> None:
+    """jupyter_client's ``transport_encryption``: with CURVE keys in the connection file,
+    every port is a CurveZMQ server with that key pair, as ipykernel's are (clients pin its
+    public key; HMAC signing stays). Must come before bind."""
+    public, secret = conn.get("curve_publickey"), conn.get("curve_secretkey")
+    if public and secret:
+        sock.curve_server = True
+        sock.curve_publickey = public.encode() if isinstance(public, str) else public
+        sock.curve_secretkey = secret.encode() if isinstance(secret, str) else secret
+
+
 class FrontendChannels:
     """Bound sockets, read on the loop: every message verified before it is handed on."""
 
@@ -34,6 +45,7 @@ class FrontendChannels:
         for channel, kind in (("shell", zmq.ROUTER), ("control", zmq.ROUTER),
                               ("stdin", zmq.ROUTER), ("iopub", zmq.XPUB)):
             sock = ctx.socket(kind)
+            curve_server(sock, conn)
             sock.linger = 1000
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
             sock.bind(f"{transport}://{ip}:{int(conn[f'{channel}_port'])}")
@@ -42,6 +54,7 @@ class FrontendChannels:
             self.out[channel] = SocketIO(sock, on_frames, f"frontend {channel}")
         self._hb_ctx: zmq.Context[Any] = zmq.Context()
         hb = self._hb_ctx.socket(zmq.ROUTER)
+        curve_server(hb, conn)
         hb.linger = 0
         hb.bind(f"{transport}://{ip}:{int(conn['hb_port'])}")
         self._hb = hb

@@ -28,6 +28,8 @@ log = logging.getLogger("nbdist.mux")
 
 #: Called for every verified rank message.
 MessageHandler = Callable[[RankMessage], None]
+#: (the rank kernel's CURVE server key, our public key, our secret key), Z85
+CurveKeys = tuple[bytes, bytes, bytes]
 #: Rank iopub messages (each at most ~1 MiB, see rank.stream_stamps) queued in the
 #: multiplexer when it falls behind.
 RANK_IOPUB_RCVHWM = 64
@@ -49,7 +51,8 @@ class RankLink:
     """
 
     def __init__(self, ctx: zmq.Context[Any], generation: int, rank: int,
-                 info: dict[str, Any], key: bytes, on_message: MessageHandler) -> None:
+                 info: dict[str, Any], key: bytes, on_message: MessageHandler,
+                 curve: CurveKeys | None = None) -> None:
         self.generation = generation
         self.rank = rank
         self.info = info
@@ -65,6 +68,8 @@ class RankLink:
                               ("stdin", zmq.DEALER), ("iopub", zmq.SUB)):
             sock = ctx.socket(kind)
             sock.linger = 0
+            if curve is not None:  # a rank on another host: its kernel is a CURVE server
+                sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
             if channel in ("shell", "stdin"):
                 # Same routing id on both: the kernel routes input_request by the shell id.
                 sock.identity = self.session.bsession

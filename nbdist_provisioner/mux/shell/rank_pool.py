@@ -56,7 +56,7 @@ def free_port(addr: str) -> int:
 def how_it_ended(proc: RankProcess) -> str:
     """``rank 2 (pid 41) was killed by signal SIGKILL``: one line for users."""
     how = proc.describe_exit()
-    verb = "was" if how.startswith("killed") else "exited with"
+    verb = "was" if how.startswith(("killed", "lost")) else "exited with"
     return f"rank {proc.rank} (pid {proc.pid}) {verb} {how}"
 
 
@@ -207,7 +207,8 @@ class RankPool:
             log.warning("ignored a bad rank handshake: %s", err)
             return None
         st.info = info
-        st.link = RankLink(self.ctx, self.generation, rank, info, st.key, self._on_message)
+        st.link = RankLink(self.ctx, self.generation, rank, info, st.key, self._on_message,
+                           curve=self.launcher.link_curve(rank))
         return rank
 
     def infos(self) -> dict[int, RankInfo]:
