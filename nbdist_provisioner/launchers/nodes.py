@@ -204,6 +204,11 @@ class NodeLauncher(Launcher):
             if left <= 0:
                 missing = sorted(set(range(token.nodes)) - set(step.nodes))
                 assert self.registry is not None
+                if self.job is not None:
+                    # a node gives up on its own clock, which started later than ours
+                    # (its imports): let it say why before the step's output is read
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(self.job.wait()), EXIT_GRACE)
                 raise LauncherError(
                     f"node(s) {missing} did not register within start_timeout="
                     f"{self.settings.start_timeout:g}s: they cannot reach the multiplexer "

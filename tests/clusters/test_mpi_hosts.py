@@ -50,14 +50,16 @@ def test_placement_from_real_mpiexec_environment(mpi: EmulatedHosts, tmp_path: P
 
 def test_stdin_to_all_ranks_or_to_rank_0_only(mpi: EmulatedHosts, tmp_path: Path) -> None:
     data = b"one-time-token \x00\xff\n"
-    for mode in ("all", "default", "none"):
+    # (not "--stdin none": the launcher never uses it, and Open MPI 4 once hung there
+    # in CI with every rank reading stdin)
+    for mode in ("all", "default"):
         out = tmp_path / mode
         out.mkdir()
         extra = [] if mode == "default" else ["--stdin", mode]
         subprocess.run([*mpi.mpiexec_argv(2), *extra, *probe.ARGV, "--out", str(out),
                         "--stdin"], input=data, check=True, timeout=60)
         lengths = [r["stdin_len"] for r in by_rank(out)]
-        want = {"all": [len(data)] * 4, "default": [len(data), 0, 0, 0], "none": [0] * 4}
+        want = {"all": [len(data)] * 4, "default": [len(data), 0, 0, 0]}
         assert lengths == want[mode], mode
         if mode == "all":
             assert {r["stdin_sha256"] for r in by_rank(out)} == {hashlib.sha256(data).hexdigest()}
