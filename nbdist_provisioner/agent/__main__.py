@@ -33,7 +33,11 @@ class Agent:
         self.forking = forking
         self.why_not = why_not
         self.sel = selectors.DefaultSelector()
+        #: the current child of each rank number (a new generation replaces the old)
         self.ranks: dict[int, RankChild] = {}
+        #: every child we supervise, by pid, until its end is handled: a replaced rank
+        #: still ending is ours to reap (reap_orphans must not take it from _rank_ended)
+        self.children: dict[int, RankChild] = {}
         self._commands = b""
         self._stdin = sys.stdin.buffer.fileno()
         self._stdout = sys.stdout.buffer.fileno()
@@ -60,6 +64,8 @@ class Agent:
                    "why_not": self.why_not})
         while True:
             for key, _ in self.sel.select():
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # unregistered by an earlier event of this batch (a child ended)
                 what = key.data
                 if what == "commands":
                     if not self._read_commands():
@@ -156,6 +162,7 @@ class Agent:
 
     def _supervise(self, child: RankChild) -> None:
         self.ranks[child.rank] = child
+        self.children[child.pid] = child
         self.sel.register(child.stderr, selectors.EVENT_READ, ("stderr", child))
         if child.pidfd >= 0:
             self.sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
@@ -168,6 +175,7 @@ class Agent:
             with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(child.stderr)
         code = child.ended()
+        self.children.pop(child.pid, None)
         if self.ranks.get(child.rank) is child:
             del self.ranks[child.rank]
         self.send({"event": "exited", "rank": child.rank, "pid": child.pid,
@@ -179,7 +187,7 @@ class Agent:
         """Reap ended children that are not ranks (adopted orphans); ranks with no pidfd
         are noticed here too."""
         for pid in proctree.children_of(os.getpid()):
-            child = next((c for c in self.ranks.values() if c.pid == pid), None)
+            child = self.children.get(pid)
             if child is not None:
                 if child.pidfd < 0 and _ended(pid):
                     self._rank_ended(child)
@@ -189,9 +197,8 @@ class Agent:
 
     def sweep(self) -> None:
         """End every process left from ranks that are gone (orphans adopted by us)."""
-        ranks = {c.pid for c in self.ranks.values()}
         for pid in proctree.children_of(os.getpid()):
-            if pid not in ranks:
+            if pid not in self.children:
                 proctree.kill_descendants(pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -199,10 +206,10 @@ class Agent:
 
     def end_all(self) -> None:
         """End every rank and every process they started (all our descendants)."""
-        for child in list(self.ranks.values()):
+        for child in list(self.children.values()):
             child.signal(signal.SIGKILL)
         proctree.kill_descendants(os.getpid())
-        for child in list(self.ranks.values()):
+        for child in list(self.children.values()):
             with contextlib.suppress(ChildProcessError):
                 self._rank_ended(child)
         proctree.reap_children()

@@ -146,18 +146,23 @@ class KernelSocket:
                         "stop_on_error": True}}))
         return msg_id
 
-    def messages_of(self, msg_id: str, until: str, timeout: float = 300
-                    ) -> list[dict[str, Any]]:
+    def messages_of(self, msg_id: str, until: str, timeout: float = 180,
+                    context: Any = None) -> list[dict[str, Any]]:
         """Messages parented to ``msg_id`` until ``until`` ("idle", "busy") is seen on iopub
-        (and, for idle, the execute_reply too)."""
+        (and, for idle, the execute_reply too). ``context()`` (the hub's log, say) goes
+        into the failure when it does not come (within the test's own timeout)."""
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         replied = until != "idle"
         while True:
             left = deadline - time.monotonic()
-            assert left > 0, f"no {until} for {msg_id} within {timeout}s: {got}"
-            self.ws.settimeout(max(POLL, left))
-            msg = json.loads(self.ws.recv())
+            try:
+                assert left > 0, f"no {until} for {msg_id} within {timeout}s: {got}"
+                self.ws.settimeout(max(POLL, left))
+                msg = json.loads(self.ws.recv())
+            except (AssertionError, websocket.WebSocketTimeoutException) as err:
+                raise AssertionError(f"{err or 'timed out'}; got {got}\n"
+                                     f"{context() if context else ''}") from None
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             got.append(msg)

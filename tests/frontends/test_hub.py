@@ -146,7 +146,7 @@ def test_multi_rank_kernel_through_the_hub_then_server_stop_leaves_nothing(
             "import os\n"
             "print(rank, world_size, os.environ.get('SITE_DATASETS'),"
             " os.environ.get('NBDIST_COLLECTIVE_TIMEOUT'), flush=True)")
-        got = ws.messages_of(msg_id, "idle")
+        got = ws.messages_of(msg_id, "idle", context=hub.log_tail)
         reply = next(m for m in got if m["msg_type"] == "execute_reply")
         assert reply["content"]["status"] == "ok", reply["content"]
         assert sorted(stream_text(got).splitlines()) == [
@@ -155,7 +155,7 @@ def test_multi_rank_kernel_through_the_hub_then_server_stop_leaves_nothing(
 
         # a busy 4-rank kernel, then the hub stops the server (SIGINT to jupyter_server)
         busy_id = ws.send_execute("import time\nwhile True:\n    time.sleep(0.05)")
-        ws.messages_of(busy_id, "busy")
+        ws.messages_of(busy_id, "busy", context=hub.log_tail)
         pids = hub.server_tree()
         assert len(pids) >= 2 + HUB_NPROC, pids  # server, multiplexer, ranks
     finally:
