@@ -102,6 +102,12 @@ def _seconds(name: str) -> Check:
     return check
 
 
+def _check_window(value: Any, _s: KernelSettings) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+        raise SettingsError(f"merge_window must be a number of seconds from 0 to 10, "
+                            f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class KernelSettings:
     """Everything the multiplexer needs to start and serve N ranks."""
@@ -129,6 +135,10 @@ class KernelSettings:
     output_ranks: str = setting(
         "all", "Whose output is shown: `all`, or ranks like `0`, `0,2`, `1-3` (errors of "
                "every rank are always shown).", _check_output_ranks)
+    merge_window: float = setting(
+        0.1, "Seconds output is held so that a line every shown rank prints identically "
+             "appears once, as `[ranks 0-3] …`, and the ranks' displays are gathered into "
+             "one; nothing is held longer. `0` turns line merging off.", _check_window, float)
     collective_timeout: float = setting(
         300.0, "Seconds a torch.distributed collective may wait before it fails.",
         _seconds("collective_timeout"), float)

@@ -29,14 +29,14 @@ _COMM_REQUESTS = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 
 class OutputRouter:
-    def __init__(self, prefixes: dict[int, str], shown_ranks: set[int],
-                 frontend_id: Callable[[str], str | None]) -> None:
+    def __init__(self, prefixes: dict[int, str], shown_ranks: set[int], window: float = 0.1,
+                 group_prefix: Callable[[list[int]], str] | None = None) -> None:
         from .comms import CommRouter
 
-        self.merger = OutputMerger(prefixes, shown_ranks)
+        self.merger = OutputMerger(prefixes, shown_ranks, window=window,
+                                   group_prefix=group_prefix)
         self.comms = CommRouter()
         self.drops = DropDetector()
-        self._frontend_id = frontend_id
         self._headers: OrderedDict[str, Json] = OrderedDict()
         self._late_logged: OrderedDict[str, None] = OrderedDict()
 
@@ -125,23 +125,7 @@ class OutputRouter:
                 return None
             if t == "comm_close":
                 self.comms.closed(comm_id)
-        return self._translate_output_widget(content)
-
-    def _translate_output_widget(self, content: Json) -> Json:
-        """An Output widget (``interact`` uses one) captures the output of the request
-        whose msg_id is in its state; the frontend knows our msg_ids, not the rank's."""
-        data = content.get("data")
-        state = data.get("state") if isinstance(data, dict) else None
-        if not isinstance(state, dict):
-            return content
-        rank_id = state.get("msg_id")
-        if not isinstance(rank_id, str) or not rank_id:
-            return content
-        frontend_id = self._frontend_id(rank_id)
-        if frontend_id is None:
-            return content
-        assert isinstance(data, dict)
-        return {**content, "data": {**data, "state": {**state, "msg_id": frontend_id}}}
+        return content
 
     def _drop_late(self, rank: int, msg_type: str, request_id: str) -> list[Effect]:
         """Output of a finished cell (a background thread of it): logged once per cell."""

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ...rankset import format_ranks
 from .book import RequestBook
 from .effects import Effect, Log, Publish, Reply
 from .events import FrontendMessage, RankInfo
@@ -33,6 +34,8 @@ class CoreConfig:
     primary_rank: int = 0
     stream_prefix: str = "[rank {rank}] "
     output_ranks: tuple[int, ...] | None = None
+    #: seconds output is held to show what several ranks print identically once
+    merge_window: float = 0.1
     collective_timeout: float = 300.0
     #: the frontend's ports, for connect_request
     ports: tuple[tuple[str, int], ...] = ()
@@ -48,7 +51,7 @@ class CoreState:
         self.book = RequestBook(config.nproc)
         self.prefixes = {r: self._prefix(r, r, "") for r in self.ranks}
         shown = set(config.output_ranks) if config.output_ranks is not None else set(self.ranks)
-        self.out = OutputRouter(self.prefixes, shown, self._frontend_id)
+        self.out = OutputRouter(self.prefixes, shown, config.merge_window, self._group_prefix)
         self.inputs = InputRouter()
         self.subshells = SubshellMap()
         self.execution_count = 0
@@ -104,6 +107,19 @@ class CoreState:
             return entry[0].msg_id
         finished = self.book.finished_entry(rank_msg_id)
         return finished.frontend_msg_id if finished else None
+
+    def _group_prefix(self, ranks: list[int]) -> str:
+        """The label of a line several ranks printed identically: ``[ranks 0-3] `` for the
+        default template, the template with the ranks for another, nothing when off."""
+        template = self.config.stream_prefix
+        if not template:
+            return ""
+        spec = format_ranks(ranks)
+        if "rank {rank}" in template:
+            template = template.replace("rank {rank}", "ranks {rank}")
+        hosts = {self.rank_infos[r].host for r in ranks if r in self.rank_infos}
+        return template.format(rank=spec, local_rank=spec, world_size=self.config.nproc,
+                               host=hosts.pop() if len(hosts) == 1 else "*")
 
     def _prefix(self, rank: int, local_rank: int, host: str) -> str:
         return self.config.stream_prefix.format(rank=rank, local_rank=local_rank,
