@@ -86,12 +86,18 @@ def test_no_line_is_held_longer_than_the_window():
     assert text(m.tick(1.0 + W)) == "[rank 0] only rank 0\n"
 
 
-def test_lines_behind_a_held_line_keep_the_order_they_were_printed_in():
+def test_identical_lines_merge_only_where_each_rank_keeps_its_own_order():
     m = merger()
     out = say(m, 0, "a\n", 0.0) + say(m, 1, "b\n", 0.01) + say(m, 1, "a\n", 0.02)
     out += m.tick(1.0)
-    # rank 1 printed b before its a: its a cannot join rank 0's a without reordering
-    assert text(out) == "[rank 0] a\n[rank 1] b\n[rank 1] a\n"
+    # rank 1 printed b before its a: b moves up before rank 0's a (order across ranks,
+    # within the window), so that rank 1's a can join it
+    assert text(out) == "[rank 1] b\n[ranks 0-1] a\n"
+    m = merger()
+    out = say(m, 0, "a\n", 0.0) + say(m, 1, "a\n", 0.0) + say(m, 1, "b\n", 0.01)
+    out += say(m, 0, "b\n", 0.01) + say(m, 0, "c\n", 0.01) + say(m, 1, "c\n", 0.01)
+    out += m.tick(1.0)
+    assert text(out) == "[ranks 0-1] a\n[ranks 0-1] b\n[ranks 0-1] c\n"
 
 
 def test_window_zero_turns_line_merging_off():
@@ -382,3 +388,33 @@ def test_identical_merge_keeps_rank_message_metadata_for_one_rank():
     (o,) = rich(out)
     assert o.metadata == {"version": "2.1.0"}
     assert list(itertools.chain(o.content["metadata"]["nbdist"]["ranks"])) == [2]
+
+
+def test_a_rank_joins_an_identical_display_that_came_before_its_own_extra_one():
+    """Ranks 1-3 display 'same' before rank 0's 'header': rank 0's 'same' still joins them,
+    and 'header' moves before it (only the order across ranks changes, within the window)."""
+    m = merger()
+    out = show(m, 1, {"data": {"text/plain": "'same'"}}, 0.0)
+    out += show(m, 0, {"data": {"text/plain": "'header'"}}, 0.001)
+    out += show(m, 0, {"data": {"text/plain": "'same'"}}, 0.002)
+    out += show(m, 2, {"data": {"text/plain": "'same'"}}, 0.003)
+    out += show(m, 3, {"data": {"text/plain": "'same'"}}, 0.004)
+    out += m.finish("c", 0.01)
+    assert [o.content["data"]["text/plain"] for o in rich(out)] == ["[rank 0] 'header'",
+                                                                     "'same'"]
+
+
+def test_figures_that_come_in_waves_end_in_one_grid():
+    """Rank 1's figure alone first, ranks 2 and 3 together later, rank 0's after the others
+    finished: one output, updated in place, all four figures in rank order."""
+    m = merger()
+    out = show(m, 1, png(1), 0.0) + m.tick(W)
+    out += show(m, 2, png(2), 0.5) + show(m, 3, png(3), 0.5) + m.tick(0.5 + W)
+    for r in (1, 2, 3):
+        out += m.rank_finished("c", r, 0.7)
+    out += show(m, 0, png(0), 0.8) + m.rank_finished("c", 0, 0.9) + m.finish("c", 0.9)
+    shown = rich(out)
+    assert [o.msg_type for o in shown] == ["display_data"] + ["update_display_data"] * 2
+    assert len({o.content["transient"]["display_id"] for o in shown}) == 1
+    assert [k["ranks"] for k in shown[-1].content["metadata"]["nbdist"]["outputs"]] == [
+        [0], [1], [2], [3]]

@@ -30,7 +30,7 @@ MAX_HELD = 2048
 class Held:
     """One held output and the ranks that sent it identically."""
 
-    seq: int
+    seq: float
     at: float
     lane: Hashable  # ("line", stream name) or ("display",)
     #: how many items of this lane its first rank had sent, this one included
@@ -53,10 +53,10 @@ class HoldQueue:
         #: (rank, lane) -> items of that lane the rank sent
         self._counts: dict[tuple[int, Hashable], int] = {}
         #: per rank, the seq of the latest item it is in (held or gone out)
-        self._latest: dict[int, int] = {}
+        self._latest: dict[int, float] = {}
         #: per rank, how many of its items are still held
         self._held_of: dict[int, int] = {}
-        self._seq = 0
+        self._seq = 0.0
 
     # -- in -------------------------------------------------------------------------
     def add(self, rank: int, lane: Hashable, key: Hashable, payload: Any, now: float) -> Held:
@@ -67,7 +67,8 @@ class HoldQueue:
         """Join the earliest held identical item this rank may join, if there is one."""
         latest = self._latest.get(rank, -1)
         for item in self._by_key.get((lane, key), ()):
-            if item.seq > latest and rank not in item.payloads:
+            if rank not in item.payloads and (item.seq > latest or self._pull_before(rank,
+                                                                                      item)):
                 item.ranks.append(rank)
                 item.payloads[rank] = payload
                 self._latest[rank] = item.seq
@@ -75,6 +76,28 @@ class HoldQueue:
                 self._counts[(rank, lane)] = self._counts.get((rank, lane), 0) + 1
                 return item
         return None
+
+    def _pull_before(self, rank: int, item: Held) -> bool:
+        """Move what ``rank`` holds after ``item`` to just before it, if that reorders no
+        rank's own output (only the order across ranks, of items held within one window):
+        then ``rank`` can join ``item`` (rank 0's ``display('header')`` before everyone's
+        ``display('same')``)."""
+        mine = [m for m in self.items if m.seq > item.seq and rank in m.payloads]
+        if not mine or self._latest.get(rank, -1) != mine[-1].seq:
+            return False
+        for m in mine:
+            for j in self.items:
+                if item.seq <= j.seq < m.seq and j not in mine and set(j.ranks) & set(m.ranks):
+                    return False
+        for m in mine:
+            self.items.remove(m)
+        at = self.items.index(item)
+        low = self.items[at - 1].seq if at else item.seq - 1
+        step = (item.seq - low) / (len(mine) + 1)
+        for k, m in enumerate(mine):
+            m.seq = low + step * (k + 1)
+            self.items.insert(at + k, m)
+        return True
 
     def hold(self, rank: int, lane: Hashable, key: Hashable, payload: Any, now: float) -> Held:
         """Hold a new item of ``rank``."""

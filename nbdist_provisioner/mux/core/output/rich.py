@@ -141,21 +141,27 @@ class RichMerger:
         members = [self._member(item)]
         if req is None:
             return self._alone(parent, members, (), item)
-        missing = set(req.shown) - set(item.ranks) - req.finished
+        key = fingerprint("display_data", members[0].content)
+        for group in req.open_groups:  # ranks that sent the same as one that went out
+            same = next((m for m in group.members
+                         if fingerprint("display_data", m.content) == key), None)
+            if same is not None and not group.ranks() & set(item.ranks):
+                same.ranks.extend(item.ranks)
+                return self._redraw(parent, req, group)
         shape = mime_shape(members[0].content)
-        if missing and can_compose(members[0].content):
+        if can_compose(members[0].content):
             def wanted(other: Held, have: set[int]) -> bool:
                 first = next(iter(other.payloads.values()))
                 return (other.lane == ("display",) and mime_shape(first.content) == shape
                         and can_compose(first.content)
                         and set(other.ranks) <= set(req.shown) - have)
             members += [self._member(other) for other in queue.take_later(item, wanted)]
-            if len(members) == 1:
-                group = next((g for g in req.open_groups if g.shape == shape
-                              and not g.ranks() & set(item.ranks)), None)
-                if group is not None:
-                    group.members.append(members[0])
-                    return self._redraw(parent, req, group)
+            ranks = {r for m in members for r in m.ranks}
+            earlier = next((g for g in req.open_groups
+                            if g.shape == shape and not g.ranks() & ranks), None)
+            if earlier is not None:  # the ranks missing from an earlier composite
+                earlier.members.extend(members)
+                return self._redraw(parent, req, earlier)
         return self._alone(parent, members, req.shown, item)
 
     # -- results and errors -------------------------------------------------------------
@@ -225,7 +231,7 @@ class RichMerger:
                             m.metadata, tuple(m.ranks)) for m in members]
         req = self._requests.get(parent)
         content = render(members, shown)
-        if req is not None and set(shown) - set(ranks) - req.finished:
+        if req is not None and set(shown) - set(ranks):
             self._ids += 1
             group = _Group(members, f"nbdist-ranks-{parent}-{self._ids}",
                            mime_shape(members[0].content))
@@ -237,8 +243,7 @@ class RichMerger:
 
     def _redraw(self, parent: str, req: _RequestRich, group: _Group) -> list[RichOut]:
         content = render(group.members, req.shown)
-        ranks = group.ranks()
-        if ranks >= set(req.shown) - req.finished:
+        if group.ranks() >= set(req.shown):
             req.open_groups.remove(group)
         metadata = group.members[0].metadata if len(group.members) == 1 else {}
         return [RichOut(parent, "update_display_data",
