@@ -251,8 +251,9 @@ class OutputMerger:
             if out.empty and ledger is not None and not ledger.overflow:
                 # every bar of the block erased itself: redraw the cell without the block,
                 # so no empty output stays in the notebook
-                display_id = out.content["transient"]["display_id"]
-                self._redraw(out.parent, {"wait": True}, {}, ledger.dropping(display_id))
+                # (wait=True swaps without a flicker, but clears only at the next output)
+                entries = ledger.dropping(out.content["transient"]["display_id"])
+                self._redraw(out.parent, {"wait": bool(entries)}, {}, entries)
                 continue
             if ledger is not None:
                 ledger.rich(out.msg_type, out.content)
