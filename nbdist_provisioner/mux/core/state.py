@@ -14,7 +14,7 @@ from typing import Any
 
 from ...rankset import format_ranks
 from .book import RequestBook
-from .effects import Effect, Log, Publish, Reply
+from .effects import Effect, Log, Publish, Reply, SendToRank
 from .events import FrontendMessage, RankInfo
 from .inputs import InputRouter, PendingInput
 from .lifecycle import RankLifecycle
@@ -146,4 +146,14 @@ class CoreState:
 
     def _log(self, level: str, text: str) -> None:
         self._fx.append(Log(level, text))
+
+    def _sync_widgets(self) -> None:
+        """Output widget states the ranks must learn (what their widgets captured, as a
+        frontend would sync it back): sent as comm messages nobody waits on."""
+        for sync in self.out.to_ranks:
+            msg_id = self._new_id()
+            self.book.internal(msg_id, "output widget state")
+            self._fx.append(SendToRank(self.life.generation, sync.rank, "shell", "comm_msg",
+                                       msg_id, sync.content, sync.metadata))
+        self.out.to_ranks.clear()
 
