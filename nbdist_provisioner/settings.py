@@ -79,6 +79,13 @@ def _check_primary(value: Any, s: KernelSettings) -> None:
                             f"got {value}")
 
 
+def _check_debug_rank(value: Any, s: KernelSettings) -> None:
+    _integer("debug_rank", value)
+    if not -1 <= value < s.nproc:
+        raise SettingsError(f"debug_rank must be -1 (the primary rank) or a rank of this "
+                            f"kernel (0-{s.nproc - 1}), got {value}")
+
+
 def _check_prefix(value: Any, _s: KernelSettings) -> None:
     try:
         value.format(rank=0, local_rank=0, host="h", world_size=1)
@@ -128,6 +135,10 @@ class KernelSettings:
                                   _check_env, dict)
     primary_rank: int = setting(0, "The rank that answers completion, inspection and "
                                    "history requests.", _check_primary, int)
+    debug_rank: int = setting(
+        -1, "The rank JupyterLab's debugger debugs (breakpoints, call stack, variables); "
+            "-1: the primary rank. `%debug_rank N` in a cell chooses another.",
+        _check_debug_rank, int)
     stream_prefix: str = setting(
         "[rank {rank}] ", "Label put before every output line; fields `{rank}`, "
                           "`{local_rank}`, `{host}`, `{world_size}`; empty turns labels off.",

@@ -111,7 +111,8 @@ class Serving(CoreState):
         if t == "kernel_info_request":
             primary = self.rank_infos.get(self.config.primary_rank)
             language = (primary.kernel_info.get("language_info") if primary else None)
-            self._done(req, kernel_info_content(self.config.nproc, language))
+            self._done(req, kernel_info_content(self.config.nproc, language,
+                                                primary.kernel_info if primary else None))
         elif t == "connect_request":
             self._done(req, {"status": "ok", **{f"{name}_port": port
                                                 for name, port in self.config.ports}})
@@ -130,8 +131,10 @@ class Serving(CoreState):
             return
         route = req.policy.route
         content = req.content
-        if route is Route.PRIMARY or route is Route.DEBUG:
-            targets: tuple[int, ...] = (self.config.primary_rank,)
+        if route is Route.DEBUG:
+            targets: tuple[int, ...] = (self.debugging.rank_for(content),)
+        elif route is Route.PRIMARY:
+            targets = (self.config.primary_rank,)
         elif route is Route.COMM:
             targets = self.out.comms.targets(str(content.get("comm_id", "")), self.ranks)
         else:
@@ -220,11 +223,15 @@ class Serving(CoreState):
             return
         if magics.shown is not None:
             self.out.merger.shown_ranks = set(magics.shown)
+        if magics.debug is not None:
+            self.debugging.choose(magics.debug)
         if magics.used and not code.strip():
             if not req.silent:
-                self._publish("stream", {"name": "stdout",
-                                         "text": describe_shown(self.out.merger.shown_ranks)},
-                              req)
+                said = "".join(
+                    self.debugging.describe() if name == "debug_rank"
+                    else describe_shown(self.out.merger.shown_ranks)
+                    for name in dict.fromkeys(magics.named))
+                self._publish("stream", {"name": "stdout", "text": said}, req)
             self._done(req, {"status": "ok", "execution_count": req.execution_count,
                              "user_expressions": {}, "payload": []})
             return

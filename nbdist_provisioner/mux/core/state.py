@@ -14,8 +14,9 @@ from typing import Any
 
 from ...rankset import format_ranks
 from .book import RequestBook
+from .debugging import Debugging
 from .effects import Effect, Log, Publish, Reply, SendToRank
-from .events import FrontendMessage, RankInfo
+from .events import FrontendMessage, RankInfo, RankMessage
 from .inputs import InputRouter, PendingInput
 from .lifecycle import RankLifecycle
 from .output_router import OutputRouter
@@ -36,6 +37,8 @@ class CoreConfig:
     output_ranks: tuple[int, ...] | None = None
     #: seconds output is held to show what several ranks print identically once
     merge_window: float = 0.1
+    #: the rank the debugger debugs; -1: the primary rank
+    debug_rank: int = -1
     collective_timeout: float = 300.0
     #: the frontend's ports, for connect_request
     ports: tuple[tuple[str, int], ...] = ()
@@ -53,6 +56,8 @@ class CoreState:
         shown = set(config.output_ranks) if config.output_ranks is not None else set(self.ranks)
         self.out = OutputRouter(self.prefixes, shown, config.merge_window, self._group_prefix)
         self.inputs = InputRouter()
+        self.debugging = Debugging(config.debug_rank if config.debug_rank >= 0
+                                   else config.primary_rank)
         self.subshells = SubshellMap()
         self.execution_count = 0
         self.rank_infos: dict[int, RankInfo] = {}
@@ -146,6 +151,17 @@ class CoreState:
 
     def _log(self, level: str, text: str) -> None:
         self._fx.append(Log(level, text))
+
+    def _after_rank_output(self, m: RankMessage) -> None:
+        """After a rank's iopub message went its way: Output widget states the ranks must
+        learn, and a word in the cell when the debugged rank stops at a breakpoint."""
+        if (m.header.get("msg_type") == "debug_event" and m.content.get("event") == "stopped"
+                and m.rank == self.debugging.rank):
+            for req in self.book.open:
+                if req.msg_type == "execute_request" and m.rank in req.targets:
+                    self._notice(req, self.debugging.stopped_notice(
+                        m.content.get("body") or {}, len(req.targets)))
+        self._sync_widgets()
 
     def _sync_widgets(self) -> None:
         """Output widget states the ranks must learn (what their widgets captured, as a

@@ -82,7 +82,7 @@ class Multiplexer:
             stream_prefix=settings.stream_prefix,
             output_ranks=parse_rank_set(settings.output_ranks, settings.nproc),
             collective_timeout=settings.collective_timeout, ports=ports,
-            merge_window=settings.merge_window,
+            merge_window=settings.merge_window, debug_rank=settings.debug_rank,
         ), id_prefix=uuid.uuid4().hex[:12])
         self.pools: dict[int, RankPool] = {}
         self._starts: dict[int, asyncio.Task[None]] = {}
