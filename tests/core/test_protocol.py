@@ -456,3 +456,26 @@ def test_an_error_is_not_held_behind_a_display_that_waits_for_a_slow_rank():
         deadlines.append(deadline)
         sim.tick(0.1)
     assert sim.outputs(cell, "error")
+
+
+# -- history before the ranks are up ------------------------------------------------------
+def test_history_tail_before_the_ranks_are_up_is_read_from_the_database():
+    """jupyter console asks for it right after kernel_info and gives up after 1 s."""
+    from nbdist_provisioner.mux.core.effects import ReadHistory
+    from nbdist_provisioner.mux.core.events import HistoryRead
+
+    sim = Sim(ready=False)
+    msg = sim.frontend("history_request", {"hist_access_type": "tail", "n": 1000,
+                                           "raw": True, "output": False})
+    (read,) = [e for e in sim.log if isinstance(e, ReadHistory)]
+    assert read.n == 1000 and read.raw
+    sim.feed(HistoryRead(read.request_id, ((1, 1, "a = 1"), (1, 2, "a"))))
+    assert sim.reply(msg) == {"status": "ok", "history": [[1, 1, "a = 1"], [1, 2, "a"]]}
+    assert_one_busy_one_idle_idle_last(sim, msg)
+    # an unreadable database: the primary rank answers once it is up
+    msg = sim.frontend("history_request", {"hist_access_type": "tail", "n": 5})
+    read = [e for e in sim.log if isinstance(e, ReadHistory)][-1]
+    sim.feed(HistoryRead(read.request_id, None))
+    assert sim.replies(msg) == []
+    sim.ready()
+    assert sim.reply(msg)["status"] == "ok" and sim.sent("history_request", rank=0)

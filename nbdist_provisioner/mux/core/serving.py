@@ -14,8 +14,8 @@ from typing import Any
 from ...protocol import EXECUTION_COUNT_KEY
 from ...rankset import RankSetError
 from . import faults
-from .effects import SendToRank
-from .events import FrontendMessage
+from .effects import ReadHistory, SendToRank
+from .events import FrontendMessage, HistoryRead
 from .kernel_info import kernel_info_content
 from .lifecycle import Phase
 from .magics import describe_shown, split_mux_magics, split_rank_magic
@@ -24,6 +24,13 @@ from .request import Request, error_content, merge_execute_reply, merge_reply
 from .state import CoreState
 
 Json = dict[str, Any]
+
+
+def _history_tail(req: Request) -> bool:
+    """A history request the database answers as the rank would (the tail, no outputs)."""
+    c = req.content
+    return (req.msg_type == "history_request" and c.get("hist_access_type") == "tail"
+            and not c.get("output") and isinstance(c.get("n", 1000), int))
 
 
 class Serving(CoreState):
@@ -93,10 +100,29 @@ class Serving(CoreState):
         self._status("busy", req.header)
         if req.policy.route is Route.MUX:
             self._answer_here(req)
+        elif self.life.phase is Phase.STARTING and _history_tail(req):
+            # jupyter console asks for history right after kernel_info (which is answered
+            # at once) and gives up after 1 s: read it from the database, not the ranks
+            self._history_reads[req.msg_id] = req
+            self._fx.append(ReadHistory(req.msg_id, int(req.content.get("n") or 1000),
+                                        bool(req.content.get("raw", True))))
         elif self.life.phase is Phase.STARTING:
             self._waiting.append(req)
         elif self.life.phase is Phase.READY or req.msg_type == "execute_request":
             self._dispatch(req)  # (an execute that cannot run still counts, then fails)
+        else:
+            self._fail(req, *self._unavailable())
+
+    def _on_history_read(self, ev: HistoryRead) -> None:
+        req = self._history_reads.pop(ev.request_id, None)
+        if req is None:
+            return
+        if ev.history is not None:
+            self._done(req, {"status": "ok", "history": [list(h) for h in ev.history]})
+        elif self.life.phase is Phase.STARTING:
+            self._waiting.append(req)
+        elif self.life.phase is Phase.READY:
+            self._dispatch(req)
         else:
             self._fail(req, *self._unavailable())
 

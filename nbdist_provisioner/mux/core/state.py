@@ -65,6 +65,8 @@ class CoreState:
         self._active: dict[str, Request | None] = {"": None}
         #: served requests waiting for ranks to be ready
         self._waiting: list[Request] = []
+        #: history requests answered from the database while the ranks start
+        self._history_reads: dict[str, Request] = {}
         self._notes: list[str] = []
         self._shutdowns: list[Request] = []
         self._id_prefix = id_prefix
