@@ -162,3 +162,21 @@ def test_rank_connection_files_are_fresh_and_gone_once_the_ranks_run(start_kerne
     assert not any(os.path.exists(p) for p in paths)
     k.km.shutdown_kernel(now=False)
     assert not os.path.exists(folder)
+
+
+def test_a_ranks_stderr_and_stdout_keep_the_order_they_were_written_in(start_kernel):
+    # ipykernel flushes each stream on its own; at a cell's end stdout goes first, so
+    # tqdm's closing newline on stderr used to come after the next print
+    k = start_kernel("nbdist-test-2")
+    run = run_cell(k.kc, "import sys\nfor i in range(3):\n"
+                         "    sys.stderr.write(f'err {i}\\n')\n    print(f'out {i}')")
+    assert run.status == "ok"
+    per_rank: dict[int, list[str]] = {0: [], 1: []}
+    for m in run.of_type("stream"):
+        for line in m["content"]["text"].splitlines():
+            label, text = line.split("] ", 1)
+            ranks = (0, 1) if label == "[ranks 0-1" else (int(label.split()[-1]),)
+            for r in ranks:
+                per_rank[r].append(text)
+    expected = [f"{kind} {i}" for i in range(3) for kind in ("err", "out")]
+    assert per_rank == {0: expected, 1: expected}, per_rank

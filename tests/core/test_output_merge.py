@@ -336,6 +336,22 @@ def test_a_finished_bar_stays_where_it_ran_not_below_as_stderr():
     assert len(ids) == 1  # one live display, redrawn in place
 
 
+def test_bars_that_all_ended_show_their_final_state_before_the_next_line():
+    # (not a throttled redraw after it: a terminal, which can only append, shows the
+    # bars where they ended only if their final state comes first)
+    m = merger(ranks=(0, 1))
+    out = say(m, 0, "\r 50%", 0.0, "stderr") + say(m, 1, "\r 40%", 0.0, "stderr")
+    out += say(m, 0, "\r100%\n", 0.01, "stderr") + say(m, 1, "\r100%\n", 0.02, "stderr")
+    out += say(m, 0, "after\n", 0.03) + say(m, 1, "after\n", 0.03)
+    out += m.finish("c", 0.04)
+    kinds = [o.msg_type if o.msg_type != "stream" else "text" for o in out]
+    last_bar = max(i for i, k in enumerate(kinds) if k.endswith("display_data"))
+    assert last_bar < kinds.index("text")
+    assert bar_text(out)[-1] == "[rank 0] 100%\n[rank 1] 100%"
+    final = [o for o in out if o.msg_type.endswith("display_data")][-1]
+    assert final.content["metadata"]["nbdist"]["live"] is False
+
+
 def test_bars_of_a_second_loop_open_a_block_below_what_was_printed_between():
     m = merger(ranks=(0, 1))
     out = []

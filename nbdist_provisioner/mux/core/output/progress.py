@@ -107,11 +107,14 @@ class ProgressBlocks:
         return out
 
     def render(self, parent: str, now: float, final: bool = False) -> list[BlockOut]:
-        """The block's display, if it changed and the interval allows (always when final)."""
+        """The block's display, if it changed and the interval allows (always when final,
+        and when its last bar just ended: its final state goes out before the output that
+        follows the bars, as a terminal, which can only append, needs it)."""
         block = self._current.get(parent)
         if block is None:
             return []
-        if not final and block.shown and now - block.last_emit < self._interval:
+        if (not final and block.shown and now - block.last_emit < self._interval
+                and block.live()):
             return []
         return self._draw(parent, block, now)
 
@@ -123,8 +126,10 @@ class ProgressBlocks:
         if not block.shown and not lines:
             return []
         ranks = sorted({rank for rank, _name in block.bars})
+        # live: some bar still runs (a terminal keeps the block at its bottom until it ends)
         content = {"data": {"text/plain": "\n".join(lines)},
-                   "metadata": {"nbdist": {"progress": True, "ranks": ranks}},
+                   "metadata": {"nbdist": {"progress": True, "ranks": ranks,
+                                           "live": block.live()}},
                    "transient": {"display_id": block.display_id}}
         msg_type = "update_display_data" if block.shown else "display_data"
         block.shown = True
