@@ -79,6 +79,13 @@ def _check_primary(value: Any, s: KernelSettings) -> None:
                             f"got {value}")
 
 
+def _check_debug_rank(value: Any, s: KernelSettings) -> None:
+    _integer("debug_rank", value)
+    if not -1 <= value < s.nproc:
+        raise SettingsError(f"debug_rank must be -1 (the primary rank) or a rank of this "
+                            f"kernel (0-{s.nproc - 1}), got {value}")
+
+
 def _check_prefix(value: Any, _s: KernelSettings) -> None:
     try:
         value.format(rank=0, local_rank=0, host="h", world_size=1)
@@ -148,6 +155,12 @@ def _seconds(name: str) -> Check:
     return check
 
 
+def _check_window(value: Any, _s: KernelSettings) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+        raise SettingsError(f"merge_window must be a number of seconds from 0 to 10, "
+                            f"got {value!r}")
+
+
 @dataclass(frozen=True)
 class KernelSettings:
     """Everything the multiplexer needs to start and serve N ranks."""
@@ -170,6 +183,10 @@ class KernelSettings:
                                   _check_env, dict)
     primary_rank: int = setting(0, "The rank that answers completion, inspection and "
                                    "history requests.", _check_primary, int)
+    debug_rank: int = setting(
+        -1, "The rank JupyterLab's debugger debugs (breakpoints, call stack, variables); "
+            "-1: the primary rank. `%debug_rank N` in a cell chooses another.",
+        _check_debug_rank, int)
     stream_prefix: str = setting(
         "[rank {rank}] ", "Label put before every output line; fields `{rank}`, "
                           "`{local_rank}`, `{host}`, `{world_size}`; empty turns labels off.",
@@ -177,6 +194,10 @@ class KernelSettings:
     output_ranks: str = setting(
         "all", "Whose output is shown: `all`, or ranks like `0`, `0,2`, `1-3` (errors of "
                "every rank are always shown).", _check_output_ranks)
+    merge_window: float = setting(
+        0.1, "Seconds output is held so that a line every shown rank prints identically "
+             "appears once, as `[ranks 0-3] …`, and the ranks' displays are gathered into "
+             "one; nothing is held longer. `0` turns line merging off.", _check_window, float)
     collective_timeout: float = setting(
         300.0, "Seconds a torch.distributed collective may wait before it fails.",
         _seconds("collective_timeout"), float)

@@ -116,9 +116,8 @@ def test_progress_never_leaks_into_another_ranks_line(events):
     out += m.finish("cell")
     got = pieces_by_rank(frontend_lines(out, "stderr"))
     for rank, lines in got.items():
-        # completed bars come out as their final state, then the rank's ordinary lines
-        assert all(line.startswith((f"rank{rank} ", f"ckpt{rank}-")) for line in lines)
-        assert [x for x in lines if x.startswith("ckpt")] == expected.get(rank, [])
+        # completed bars stay in the live display: only the rank's ordinary lines are text
+        assert [x for x in lines if x] == expected.get(rank, [])
 
 
 def test_partial_line_waits_briefly_then_goes_out():
@@ -167,14 +166,15 @@ def test_a_progress_bar_never_grows_memory():
     assert len(m._streams[(0, "stderr")].pending) < 20
 
 
-def test_finished_bar_becomes_a_line_and_leaves_the_live_display():
+def test_finished_bar_stays_in_the_live_display_not_as_a_line():
     m = StreamMerger(PREFIXES)
     m.feed(2, "stderr", "\r 50%|#####     |", "c", 0.0)
     assert ("c", 2, "stderr") in m.progress
     out = m.feed(2, "stderr", "\r100%|##########|\n", "c", 0.1)
-    assert out == [StreamText("c", "stderr", "[rank 2] 100%|##########|\n")]
+    assert out == []
     assert ("c", 2, "stderr") not in m.progress
-    assert "c" in m.progress_changed
+    assert m.bar_events == [("c", 2, "stderr", " 50%|#####     |", False),
+                            ("c", 2, "stderr", "100%|##########|", True)]
 
 
 def test_output_for_a_new_parent_flushes_the_old_partial_first():

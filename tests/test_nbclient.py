@@ -48,12 +48,14 @@ def test_state_persists_and_results_are_kept(tmp_path):
     assert same["data"]["text/plain"] == "20"
     assert same["metadata"]["nbdist"]["ranks"] == [0, 1, 2, 3]
     assert same["execution_count"] == nb.cells[2].execution_count == 3
-    # differing results: one per rank, each labelled with its rank
-    differing = nb.cells[3].outputs
-    assert len(differing) == 4
-    by_rank = {o["metadata"]["nbdist"]["rank"]: o["data"]["text/plain"] for o in differing}
-    assert {r: text.rsplit(None, 1)[-1] for r, text in by_rank.items()} == {
-        r: str(r) for r in range(4)}
+    # differing results: one Out[n], each rank's value labelled and kept
+    [differing] = nb.cells[3].outputs
+    assert differing["output_type"] == "execute_result"
+    assert differing["execution_count"] == nb.cells[3].execution_count == 4
+    assert differing["data"]["text/plain"].splitlines() == [f"[rank {r}] {r}"
+                                                            for r in range(4)]
+    assert [(k["ranks"], k["data"]["text/plain"]) for k in
+            differing["metadata"]["nbdist"]["outputs"]] == [([r], str(r)) for r in range(4)]
     # the notebook round-trips through the file format
     path = tmp_path / "out.ipynb"
     nbformat.write(nb, path)
@@ -83,8 +85,8 @@ def test_allow_errors_continues_after_a_failing_cell(tmp_path):
     nb = notebook(*FAILING)
     run(nb, tmp_path, allow_errors=True)
     assert any(o["output_type"] == "error" for o in nb.cells[1].outputs)
-    lines = sorted(stdout_text(nb.cells[2]).splitlines())
-    assert lines == [f"[rank {r}] after 1" for r in range(4)]
+    # the same line from every rank: once, labelled with them all
+    assert stdout_text(nb.cells[2]).splitlines() == ["[ranks 0-3] after 1"]
 
 
 class LineReader:
@@ -171,3 +173,74 @@ def test_cli_run_missing_notebook_exits_2(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no such notebook" in done.stderr and "nope.ipynb" in done.stderr
+
+
+def test_cli_run_uses_the_notebooks_kernelspec_and_records_it(tmp_path):
+    nb = notebook("print('on', world_size, 'ranks')")
+    nb.metadata["kernelspec"] = {"name": "nbdist-test-2", "display_name": "x",
+                                 "language": "python"}
+    src = tmp_path / "own.ipynb"
+    nbformat.write(nb, src)
+    done = subprocess.run([str(NBDIST), "run", str(src)], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "[ranks 0-1] on 2 ranks" in done.stdout
+    assert "(kernelspec nbdist-test-2)" in done.stderr
+    executed = nbformat.read(tmp_path / "own.out.ipynb", as_version=4)
+    assert executed.metadata["kernelspec"]["name"] == "nbdist-test-2"
+    assert executed.metadata["kernelspec"]["display_name"] == "Python 3 (multi-rank, 2 ranks)"
+    # --nproc wins over the notebook's, and is recorded too
+    done = subprocess.run([str(NBDIST), "run", str(src), "--nproc", "3", "-o",
+                           str(tmp_path / "three.ipynb")], capture_output=True, text=True,
+                          timeout=180)
+    assert "[ranks 0-2] on 3 ranks" in done.stdout, done.stderr
+    executed = nbformat.read(tmp_path / "three.ipynb", as_version=4)
+    assert executed.metadata["kernelspec"]["display_name"] == "Python 3 (multi-rank, 3 ranks)"
+    assert executed.metadata["nbdist"]["nproc"] == 3
+    nb.metadata["kernelspec"]["name"] = "no-such-kernel"
+    nbformat.write(nb, src)
+    done = subprocess.run([str(NBDIST), "run", str(src)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "no kernelspec 'no-such-kernel'" in done.stderr
+
+
+BARS = ("from tqdm import tqdm\nimport time\n"
+        "for i in tqdm(range(30), desc=f'rank{rank}', ncols=60, mininterval=0):\n"
+        "    time.sleep(0.01)\n")
+
+
+def test_cli_run_shows_each_ranks_final_bar_once_without_a_terminal(tmp_path):
+    src = tmp_path / "bars.ipynb"
+    nbformat.write(notebook(BARS), src)
+    done = subprocess.run([str(NBDIST), "run", str(src), "--kernel", "nbdist-test-2"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    bars = [line for line in done.stderr.splitlines() if "30/30" in line]
+    assert sorted(b.split(":")[0] for b in bars) == ["[rank 0] rank0", "[rank 1] rank1"]
+    assert "\x1b[" not in done.stderr and "\r" not in done.stderr
+
+
+@pytest.mark.slow
+def test_cli_run_redraws_bars_in_place_on_a_terminal(tmp_path):
+    import pexpect
+
+    src = tmp_path / "bars.ipynb"
+    nbformat.write(notebook(BARS + "print('after the bars')"), src)
+    child = pexpect.spawn(str(NBDIST), ["run", str(src), "--kernel", "nbdist-test-2"],
+                          encoding="utf-8", dimensions=(30, 120), timeout=180,
+                          env={**os.environ, "TERM": "xterm"})
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    shown = child.before
+    assert shown.count("\x1b[2F\x1b[J") >= 3  # the two bar lines redrawn in place
+    # what stays on the screen: the final bars where they ran, then the print
+    screen: list[str] = []
+    for i, part in enumerate(__import__("re").split(r"\x1b\[(\d+)F\x1b\[J", shown)):
+        if i % 2:
+            del screen[len(screen) - int(part):]
+        else:
+            screen += part.replace("\r\n", "\n").splitlines()
+    final = [line for line in screen if "30/30" in line]
+    assert len(final) == 2, screen
+    assert screen.index(final[-1]) < screen.index("[ranks 0-1] after the bars")

@@ -22,6 +22,23 @@ from nbformat.v4 import new_code_cell, new_notebook
 from kernel_harness import CellRun, collect_until_idle, iopub_until, run_cell
 
 _PREFIX = re.compile(r"^\[rank (\d+)\] (.*)$")
+#: a line several ranks printed identically, shown once: ``[ranks 0-2,5] text``
+_GROUP = re.compile(r"^\[ranks ([\d,-]+)\] (.*)$")
+
+
+def labelled(line: str) -> tuple[list[int], str] | None:
+    """(ranks, text) of a labelled line: one rank's, or several ranks' identical line."""
+    m = _PREFIX.match(line)
+    if m:
+        return [int(m.group(1))], m.group(2)
+    m = _GROUP.match(line)
+    if not m:
+        return None
+    ranks: list[int] = []
+    for part in m.group(1).split(","):
+        a, _, b = part.partition("-")
+        ranks += range(int(a), int(b or a) + 1)
+    return ranks, m.group(2)
 
 TQDM_CELL = """\
 from tqdm import tqdm
@@ -40,12 +57,14 @@ def k4(start_module_kernel):
 
 
 def by_rank(text: str) -> dict[int, list[str]]:
-    """Lines of merged stream text, grouped by the rank in their ``[rank R] `` prefix."""
+    """Lines of merged stream text, grouped by the rank in their ``[rank R] `` prefix (a line
+    labelled ``[ranks 0-3] `` counts for each of them)."""
     out: dict[int, list[str]] = {}
     for line in text.splitlines():
-        m = _PREFIX.match(line)
-        assert m, f"unlabelled line {line!r} in {text!r}"
-        out.setdefault(int(m.group(1)), []).append(m.group(2))
+        got = labelled(line)
+        assert got, f"unlabelled line {line!r} in {text!r}"
+        for rank in got[0]:
+            out.setdefault(rank, []).append(got[1])
     return out
 
 
@@ -157,7 +176,7 @@ def test_prints_arrive_while_the_cell_is_still_running(k4, tmp_path):
     run = finish(k4.kc, msg_id)
     assert run.status == "ok"
     assert sorted(by_rank(early + run.stream_text())) == [0, 1, 2, 3]
-    assert run.stream_text().count("tock") == 4
+    assert run.stream_text().count("tock") == 4  # (tock 0, tock 1, ...: they differ)
 
 
 # -- 3. carriage-return progress ------------------------------------------------------
@@ -184,19 +203,18 @@ def _assert_tqdm_run(run: CellRun) -> None:
     out = by_rank(run.stream_text("stdout"))
     for r in range(4):
         assert out[r] == [f"checkpoint {i} on rank {r}" for i in (9, 19, 29, 39)]
-    # the final bars are stream text, one line per rank
-    err = by_rank(run.stream_text("stderr"))
+    # the final bars stay where they ran, in the live display, one line per rank; none
+    # is moved below as stderr text
+    final = by_rank(shows[-1]["content"]["data"]["text/plain"])
     for r in range(4):
-        assert len(err[r]) == 1, err[r]
-        assert err[r][0].startswith(f"rank{r}: 100%|") and "40/40" in err[r][0]
-    assert "\r" not in run.stream_text("stderr")
+        assert len(final[r]) == 1 and final[r][0].startswith(f"rank{r}: 100%|"), final
+        assert "40/40" in final[r][0]
+    assert run.stream_text("stderr") == ""
 
 
 def test_tqdm_bars_animate_in_one_live_display(k4):
     run = run_cell(k4.kc, TQDM_CELL)
     _assert_tqdm_run(run)
-    # the live display ends empty: the finished bars are in the stream
-    assert run.of_type("update_display_data")[-1]["content"]["data"]["text/plain"] == ""
 
 
 def test_tqdm_notebook_through_nbclient(tmp_path):
@@ -208,15 +226,17 @@ def test_tqdm_notebook_through_nbclient(tmp_path):
     texts = {name: "".join(o["text"] for o in outputs
                            if o["output_type"] == "stream" and o["name"] == name)
              for name in ("stdout", "stderr")}
-    out, err = by_rank(texts["stdout"]), by_rank(texts["stderr"])
+    out = by_rank(texts["stdout"])
     for r in range(4):
         assert out[r] == [f"checkpoint {i} on rank {r}" for i in (9, 19, 29, 39)]
-        assert len(err[r]) == 1 and "40/40" in err[r][0]
-    # the live display was updated in place: one output, now empty, no stale bars
+    assert texts["stderr"] == ""
+    # the live display was updated in place: one output, with every rank's final bar
     displays = [o for o in outputs if o["output_type"] == "display_data"]
     assert len(displays) == 1
-    assert displays[0]["data"]["text/plain"] == ""
-    assert "".join(o["text"] for o in nb.cells[1].outputs).count("next") == 4
+    final = by_rank(displays[0]["data"]["text/plain"])
+    assert all(len(final[r]) == 1 and "40/40" in final[r][0] for r in range(4)), final
+    # printed identically by every rank: shown once
+    assert "".join(o["text"] for o in nb.cells[1].outputs) == "[ranks 0-3] next\n"
     nbformat.write(nb, tmp_path / "tqdm.ipynb")
 
 
@@ -234,19 +254,22 @@ def test_identical_rich_output_once_differing_per_rank(k4):
     assert len(same) == 1
     assert same[0]["content"]["data"]["text/plain"] == "<IPython.core.display.HTML object>"
     assert same[0]["content"]["metadata"]["nbdist"]["ranks"] == [0, 1, 2, 3]
-    differing = [d for d in displays if d not in same]
-    assert sorted(d["content"]["metadata"]["nbdist"]["rank"] for d in differing) == [0, 1, 2, 3]
-    for d in differing:
-        r = d["content"]["metadata"]["nbdist"]["rank"]
-        assert d["content"]["data"]["text/html"] == f"<b>rank {r}</b>"
-        assert d["content"]["data"]["text/plain"].startswith(f"[rank {r}] ")
+    # the differing ones: one composite, each rank's HTML under its caption
+    [composite] = [d for d in displays if d not in same]
+    html = composite["content"]["data"]["text/html"]
+    for r in range(4):
+        assert f"<b>rank {r}</b>" in html and f">rank {r}</figcaption>" in html
+    kept = composite["content"]["metadata"]["nbdist"]["outputs"]
+    assert [(k["ranks"], k["data"]["text/html"]) for k in kept] == [
+        ([r], f"<b>rank {r}</b>") for r in range(4)]
     [result] = run.of_type("execute_result")
     assert result["content"]["data"] == {"text/plain": "42"}
     assert result["content"]["metadata"]["nbdist"]["ranks"] == [0, 1, 2, 3]
     run = run_cell(k4.kc, "rank * 10")
-    results = {m["content"]["metadata"]["nbdist"]["rank"]: m["content"]["data"]["text/plain"]
-               for m in run.of_type("execute_result")}
-    assert results == {r: f"[rank {r}] {r * 10}" for r in range(4)}
+    [result] = run.of_type("execute_result")  # one Out[n]
+    assert result["content"]["data"]["text/plain"].splitlines() == [
+        f"[rank {r}] {r * 10}" for r in range(4)]
+    assert result["content"]["execution_count"] == run.reply["content"]["execution_count"]
 
 
 def test_display_ids_are_per_rank_and_handles_update_from_a_later_cell(k4):
@@ -304,6 +327,7 @@ def frontend_view(run: CellRun) -> list[dict[str, Any]]:
             for o in outputs:
                 if (o.get("transient") or {}).get("display_id") == c["transient"]["display_id"]:
                     o["data"] = c["data"]
+                o["metadata"] = c["metadata"]
     return outputs
 
 
@@ -311,9 +335,13 @@ def test_matplotlib_inline_figures_from_every_rank(k4):
     run = run_cell(k4.kc, "%matplotlib inline\nimport matplotlib.pyplot as plt\n"
                           "plt.plot([0, rank + 1])\nplt.show()")
     assert run.status == "ok", run.reply["content"]
-    figures = [m for m in run.of_type("display_data") if "image/png" in m["content"]["data"]]
-    assert sorted(m["content"]["metadata"]["nbdist"]["rank"] for m in figures) == [0, 1, 2, 3]
-    assert len({m["content"]["data"]["image/png"] for m in figures}) == 4
+    # one grid of the four figures, each rank's own image kept in the metadata
+    shown = frontend_view(run)
+    [grid] = [o for o in shown if o["output_type"] == "display_data"]
+    assert grid["data"]["text/html"].count("<img ") == 4
+    kept = grid["metadata"]["nbdist"]["outputs"]
+    assert [k["ranks"] for k in kept] == [[0], [1], [2], [3]]
+    assert len({k["data"]["image/png"] for k in kept}) == 4
 
 
 # -- 7. rank selection ---------------------------------------------------------------
@@ -340,8 +368,8 @@ def test_rank_output_magic_filters_output_but_not_errors(k4):
     try:
         run = run_cell(k4.kc, "print('visible?', rank)\nrank")
         assert sorted(by_rank(run.stream_text())) == [0, 2]
-        assert sorted(m["content"]["metadata"]["nbdist"]["rank"]
-                      for m in run.of_type("execute_result")) == [0, 2]
+        [result] = run.of_type("execute_result")
+        assert result["content"]["metadata"]["nbdist"]["ranks"] == [0, 2]
         run = run_cell(k4.kc, "if rank == 3:\n    raise RuntimeError('rank 3 fails')")
         assert run.status == "error" and "rank 3" in run.reply["content"]["evalue"]
         [error] = run.of_type("error")
@@ -404,11 +432,15 @@ def test_any_writes_arrive_once_in_order_with_the_right_label(k4, plans):
         for line in run.stream_text(name).split("\n"):
             if not line:
                 continue
-            m = _PREFIX.match(line)
+            m = labelled(line)
             assert m, (name, line)
-            r = int(m.group(1))
-            assert set(m.group(2)) <= {chr(ord("a") + r)}, (name, line)
-            got[r] = got.get(r, "") + m.group(2)
+            ranks, text = m
+            if len(ranks) > 1:
+                assert text == "", (name, line)  # only empty lines can be identical
+                continue
+            r = ranks[0]
+            assert set(text) <= {chr(ord("a") + r)}, (name, line)
+            got[r] = got.get(r, "") + text
         want = {r: "".join(arg for kind, arg in plan if kind == name).replace("\n", "")
                 for r, plan in enumerate(plans)}
         want = {r: text.replace("x", chr(ord("a") + r)) for r, text in want.items() if text}

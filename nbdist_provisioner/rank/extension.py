@@ -64,6 +64,13 @@ class RankMagics(Magics):
             "%rank_output is handled by the multi-rank kernel itself: put it on the first "
             "line of a cell (e.g. `%rank_output 0`, `%rank_output all`)")
 
+    @line_magic
+    def debug_rank(self, line: str) -> None:
+        """Handled by the multiplexer, on the first line(s) of a cell only."""
+        raise UsageError(
+            "%debug_rank is handled by the multi-rank kernel itself: put it on the first "
+            "line of a cell (e.g. `%debug_rank 1`)")
+
 
 class ProcessGroupWatch:
     """After each cell: remember a failed collective; say once that the group was destroyed."""

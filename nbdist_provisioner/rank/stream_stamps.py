@@ -13,6 +13,10 @@ Two things ipykernel's ``OutStream`` does not do, added around it:
   silently when the multiplexer falls too far behind; a gap in the counter lets
   it tell the user exactly how much was lost, at the latest at the cell's idle.
 - **A bounded queue.** At most ``IOPUB_SNDHWM`` messages wait in the rank.
+- **One order across stdout and stderr.** Each OutStream flushes on its own timer,
+  so text left unflushed on one (tqdm's closing ``"\n"`` on stderr) went out after
+  text written later on the other (the next ``print``): a bar seemed to end after
+  the line printed below it. A write first flushes what the other stream holds.
 """
 
 from __future__ import annotations
@@ -78,14 +82,19 @@ def guard_streams(session: Any, *streams: Any, chunk: int = CHUNK_BYTES) -> None
         if id(stream.session) not in stamped:
             stamped.add(id(stream.session))
             _stamp_sends(stream.session, counter)
-        _bound_writes(stream, chunk)
+        _bound_writes(stream, chunk, [s for s in streams if s is not stream])
 
 
-def _bound_writes(stream: Any, chunk: int) -> None:
+def _bound_writes(stream: Any, chunk: int, others: list[Any]) -> None:
     write = stream.write
     unflushed = [0]
 
     def bounded_write(text: str) -> Any:
+        for other in others:
+            # the other stream's pending text goes first (one wait for the IOPub thread,
+            # only when the writer switches streams with text left unflushed)
+            if getattr(other, "_flush_pending", False):
+                other.flush()
         result = write(text)
         unflushed[0] += len(text)
         if unflushed[0] >= chunk:

@@ -73,7 +73,9 @@ class SimRank:
 
 
 class Sim:
-    def __init__(self, nproc: int = 2, ready: bool = True, **config: Any) -> None:
+    def __init__(self, nproc: int = 2, ready: bool = True,
+                 rank_kernel_info: Json | None = None, **config: Any) -> None:
+        self.rank_kernel_info = rank_kernel_info or {}
         self.core = KernelCore(CoreConfig(nproc=nproc, ports=PORTS, **config), id_prefix="t")
         self.nproc = nproc
         self.now = 0.0
@@ -118,7 +120,8 @@ class Sim:
         gen = generation if generation is not None else self.core.generation
         self.ranks = {r: SimRank(r, gen) for r in range(self.nproc)}
         infos = {r: RankInfo(host="node", local_rank=r, pid=100 + r,
-                             kernel_info={"language_info": {"name": "python"}})
+                             kernel_info={"language_info": {"name": "python"},
+                                          **self.rank_kernel_info})
                  for r in range(self.nproc)}
         self.feed(RanksReady(gen, infos))
 

@@ -59,7 +59,7 @@ def test_one_busy_one_idle_and_idle_only_after_every_rank_replied_and_went_idle(
     assert sim.statuses(msg_id) == ["busy"] and sim.replies(msg_id) == []
     sim.deliver(2, "iopub")
     assert_one_busy_one_idle_idle_last(sim, msg_id)
-    assert sim.stream(msg_id).count("hi") == 3
+    assert sim.stream(msg_id) == "[ranks 0-2] hi\n"  # printed identically: once
     # one execute_input, the kernel's; the ranks' own are not forwarded
     assert [e.content for e in sim.outputs(msg_id, "execute_input")] == [
         {"code": "print(1)", "execution_count": 1}]
@@ -297,19 +297,6 @@ def test_a_frontend_opened_comm_reaches_every_rank_and_one_rank_answers():
     assert forwarded[0].parent["msg_id"] == msg
 
 
-def test_output_widget_capture_names_the_frontends_request():
-    """interact() and `with out:` set an Output widget's msg_id to the rank's request id;
-    the frontend only knows the kernel's."""
-    sim = Sim(nproc=1)
-    sim.auto = False
-    cell = sim.execute("out = Output()\nwith out: print(1)")
-    rank_id = sim.sent("execute_request")[0].msg_id
-    effects = sim.rank_says(0, "iopub", "comm_msg", {"comm_id": "o", "data": {
-        "method": "update", "state": {"msg_id": rank_id}, "buffer_paths": []}}, rank_id)
-    (update,) = [e for e in effects if getattr(e, "msg_type", "") == "comm_msg"]
-    assert update.content["data"]["state"]["msg_id"] == cell
-
-
 def test_output_of_a_widget_callback_is_forwarded_under_the_comm_message():
     sim = Sim(nproc=1)
     msg = sim.frontend("comm_msg", {"comm_id": "button", "data": {"method": "custom"}})
@@ -469,3 +456,26 @@ def test_an_error_is_not_held_behind_a_display_that_waits_for_a_slow_rank():
         deadlines.append(deadline)
         sim.tick(0.1)
     assert sim.outputs(cell, "error")
+
+
+# -- history before the ranks are up ------------------------------------------------------
+def test_history_tail_before_the_ranks_are_up_is_read_from_the_database():
+    """jupyter console asks for it right after kernel_info and gives up after 1 s."""
+    from nbdist_provisioner.mux.core.effects import ReadHistory
+    from nbdist_provisioner.mux.core.events import HistoryRead
+
+    sim = Sim(ready=False)
+    msg = sim.frontend("history_request", {"hist_access_type": "tail", "n": 1000,
+                                           "raw": True, "output": False})
+    (read,) = [e for e in sim.log if isinstance(e, ReadHistory)]
+    assert read.n == 1000 and read.raw
+    sim.feed(HistoryRead(read.request_id, ((1, 1, "a = 1"), (1, 2, "a"))))
+    assert sim.reply(msg) == {"status": "ok", "history": [[1, 1, "a = 1"], [1, 2, "a"]]}
+    assert_one_busy_one_idle_idle_last(sim, msg)
+    # an unreadable database: the primary rank answers once it is up
+    msg = sim.frontend("history_request", {"hist_access_type": "tail", "n": 5})
+    read = [e for e in sim.log if isinstance(e, ReadHistory)][-1]
+    sim.feed(HistoryRead(read.request_id, None))
+    assert sim.replies(msg) == []
+    sim.ready()
+    assert sim.reply(msg)["status"] == "ok" and sim.sent("history_request", rank=0)

@@ -25,6 +25,23 @@ UI_TIMEOUT = 120.0
 ERROR_MIME = "application/vnd.jupyter.stderr"
 
 
+def rank_lines(text: str) -> dict[int, list[str]]:
+    """The lines of an output by rank: ``[rank 2] x`` is rank 2's, ``[ranks 0-3] x`` (a line
+    several ranks printed identically, shown once) is each of theirs."""
+    import re
+
+    out: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        m = re.match(r"\[ranks? ([\d,-]+)\] ?(.*)$", line)
+        if not m:
+            continue
+        for part in m.group(1).split(","):
+            a, _, b = part.partition("-")
+            for rank in range(int(a), int(b or a) + 1):
+                out.setdefault(rank, []).append(m.group(2))
+    return out
+
+
 def notebook_json(cells: list[str], kernel: str) -> dict[str, Any]:
     return {
         "nbformat": 4, "nbformat_minor": 5,

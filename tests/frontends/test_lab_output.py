@@ -69,7 +69,8 @@ def test_failing_cell_shows_the_error_and_finishes(notebook):
     nb.screenshot("error-on-one-rank.png", index=0)
     # the kernel is usable after the error
     assert nb.run_and_wait(1) == 2
-    assert "[rank 3] queued after the error" in nb.output_text(1)
+    # printed identically by every rank: shown once, with the ranks
+    assert "[ranks 0-3] queued after the error" in nb.output_text(1)
 
 
 def test_tqdm_bars_of_four_ranks_animate_in_one_place(notebook, tmp_path):
@@ -129,10 +130,6 @@ def test_matplotlib_figures_of_four_ranks_are_shown(notebook):
     assert nb.error_outputs(0).count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "differing figures from ranks carry their rank label only in text/plain, which "
-    "JupyterLab hides behind the image (issue 9 point 3; mux/rich.py): four unlabelled "
-    "plots"))
 def test_each_rank_figure_is_labelled_on_the_page(notebook):
     nb = notebook(["import matplotlib.pyplot as plt\n"
                    "plt.plot([0, rank])\n"
@@ -145,10 +142,6 @@ def test_each_rank_figure_is_labelled_on_the_page(notebook):
         assert re.search(rf"\brank {r}\b", visible), visible
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "differing execute_results are published one per rank, each with the cell's "
-    "execution_count: JupyterLab shows four [1]: output prompts for one cell (issue 9 "
-    "point 3; mux/rich.py)"))
 def test_differing_results_of_four_ranks_show_one_out_prompt(notebook):
     nb = notebook(["rank * 10"])
     count = nb.run_and_wait(0)
@@ -159,10 +152,6 @@ def test_differing_results_of_four_ranks_show_one_out_prompt(notebook):
     assert prompts.count(f"[{count}]:") == 1, prompts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "identical displays are matched by position, not content: after rank 0's extra "
-    "display('header'), display('same') from all 4 ranks shows twice (issue 9 point 3; "
-    "mux/rich.py)"))
 def test_identical_display_after_a_rank_only_one_is_shown_once(notebook):
     nb = notebook(["from IPython.display import display\n"
                    "if rank == 0:\n"

@@ -4,7 +4,9 @@ A comm a rank opens (a widget model) belongs to that rank alone: frontend
 messages on it go back to that rank only. A comm the frontend opens goes to
 every rank, but only one rank (the lowest it went to) answers on it, so the
 frontend gets exactly one answer (``jupyter.widget.control`` would otherwise
-get N, and N-1 "Comm not found" errors).
+get N, and N-1 "Comm not found" errors). Once such a comm is closed (a rank
+without the comm's target closes it at once), what the other ranks still send
+on it is dropped: the frontend no longer knows it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class CommRouter:
     def __init__(self) -> None:
         self._owners: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._from_frontend: set[str] = set()
+        #: frontend comms that are closed (bounded): the other ranks' answers are dropped
+        self._gone: OrderedDict[str, None] = OrderedDict()
 
     def frontend_opened(self, comm_id: str, ranks: tuple[int, ...]) -> None:
         self._remember(comm_id, ranks)
@@ -33,6 +37,8 @@ class CommRouter:
 
     def answers_frontend(self, comm_id: str, rank: int) -> bool:
         """Does a message of ``rank`` on ``comm_id`` reach the frontend?"""
+        if comm_id in self._gone:
+            return False
         if comm_id not in self._from_frontend:
             return True
         owners = self._owners.get(comm_id, ())
@@ -40,12 +46,17 @@ class CommRouter:
 
     def closed(self, comm_id: str) -> None:
         self._owners.pop(comm_id, None)
-        self._from_frontend.discard(comm_id)
+        if comm_id in self._from_frontend:
+            self._from_frontend.discard(comm_id)
+            self._gone[comm_id] = None
+            while len(self._gone) > MAX_COMMS:
+                self._gone.popitem(last=False)
 
     def clear(self) -> None:
         """The ranks were replaced: their comms are gone."""
         self._owners.clear()
         self._from_frontend.clear()
+        self._gone.clear()
 
     def _remember(self, comm_id: str, ranks: tuple[int, ...]) -> None:
         self._owners[comm_id] = ranks

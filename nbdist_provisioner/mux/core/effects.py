@@ -82,6 +82,16 @@ class StopRanks:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadHistory:
+    """Read the last ``n`` entries of the primary rank's IPython history database (the
+    ranks are not up yet); the shell answers with ``HistoryRead(request_id, ...)``."""
+
+    request_id: str
+    n: int
+    raw: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     """End the kernel process with ``status``."""
 
@@ -96,4 +106,5 @@ class Log:
     text: str
 
 
-Effect = SendToRank | Publish | Reply | AskInput | StartRanks | StopRanks | Exit | Log
+Effect = (SendToRank | Publish | Reply | AskInput | StartRanks | StopRanks | ReadHistory | Exit
+          | Log)

@@ -102,9 +102,18 @@ class ShutdownSignal:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """The answer to ``ReadHistory``: ``(session, line, source)`` entries, oldest first, or
+    None when the database could not be read (the primary rank answers then)."""
+
+    request_id: str
+    history: tuple[tuple[int, int, str], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """A deadline the core reported has come."""
 
 
 Event = (FrontendMessage | RankMessage | RanksReady | RanksFailed | RankExited | RanksStopped
-         | InterruptSignal | ShutdownSignal | Tick)
+         | InterruptSignal | ShutdownSignal | HistoryRead | Tick)

@@ -24,6 +24,7 @@ from .effects import Effect, StartRanks
 from .events import (
     Event,
     FrontendMessage,
+    HistoryRead,
     InterruptSignal,
     RankExited,
     RankMessage,
@@ -72,6 +73,8 @@ class KernelCore(Serving, RankTraffic, Supervision, FailFast):
             self._interrupt()
         elif isinstance(event, ShutdownSignal):
             self._shutdown(None, event.reason)
+        elif isinstance(event, HistoryRead):
+            self._on_history_read(event)
         fx, self._fx = self._fx, []
         return fx
 

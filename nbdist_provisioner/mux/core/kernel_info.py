@@ -20,7 +20,12 @@ DEFAULT_LANGUAGE_INFO: dict[str, Any] = {
 }
 
 
-def kernel_info_content(nproc: int, language_info: dict[str, Any] | None) -> dict[str, Any]:
+def kernel_info_content(nproc: int, language_info: dict[str, Any] | None,
+                        rank_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The kernel's kernel_info; ``rank_info`` (the primary rank's own, once it is up) says
+    whether the ranks' kernels can debug: then so can this one (one rank at a time)."""
+    rank_features = (rank_info or {}).get("supported_features") or []
+    debugger = bool((rank_info or {}).get("debugger")) or "debugger" in rank_features
     return {
         "status": "ok",
         "protocol_version": PROTOCOL_VERSION,
@@ -30,6 +35,6 @@ def kernel_info_content(nproc: int, language_info: dict[str, Any] | None) -> dic
         "banner": f"nbdist multi-rank kernel: every cell runs on {nproc} ranks "
                   "(%%rank 0 to pick ranks)",
         "help_links": [],
-        "debugger": False,
-        "supported_features": ["kernel subshells"],
+        "debugger": debugger,
+        "supported_features": ["kernel subshells", *(["debugger"] if debugger else [])],
     }

@@ -4,9 +4,14 @@
 
 ``%rank_output 0`` / ``0,2`` / ``1-3`` / ``all`` chooses whose output is shown from
 now on, like ``torchrun --local-ranks-filter`` (errors of every rank stay visible);
-``%rank_output`` alone tells the current choice. The magic goes on the first
-line(s) of a cell; the rest of the cell, if any, runs on the ranks as usual. A rank
-that meets it further down a cell fails with a hint (see ``rank/extension.py``).
+``%rank_output`` alone tells the current choice.
+
+``%debug_rank 2`` chooses the rank JupyterLab's debugger debugs (the primary rank
+unless the ``debug_rank`` setting says otherwise); ``%debug_rank`` alone tells it.
+
+These magics go on the first line(s) of a cell; the rest of the cell, if any, runs
+on the ranks as usual. A rank that meets one further down a cell fails with a hint
+(see ``rank/extension.py``).
 
 Pure: parsing and wording only; the request core applies the result.
 """
@@ -19,7 +24,8 @@ from dataclasses import dataclass
 from ...rankset import RankSetError, format_ranks, parse_rank_set
 
 _RANK_MAGIC = re.compile(r"\A[ \t]*%%rank(?:[ \t]+(?P<spec>[^\n]*))?(?:\n|\Z)")
-_LINE = re.compile(r"[ \t]*%rank_output(?:[ \t]+(?P<spec>[^\n]*?))?[ \t]*(?:\n|\Z)")
+_LINE = re.compile(r"[ \t]*%(?P<magic>rank_output|debug_rank)(?:[ \t]+(?P<spec>[^\n]*?))?"
+                   r"[ \t]*(?:\n|\Z)")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ class MuxMagics:
     shown: tuple[int, ...] | None = None
     #: True when the cell had at least one multiplexer magic.
     used: bool = False
+    #: The rank to debug from now on; None when unchanged.
+    debug: int | None = None
+    #: The magics the cell named, in order (what to confirm).
+    named: tuple[str, ...] = ()
 
 
 def split_mux_magics(code: str, world_size: int) -> MuxMagics:
@@ -40,20 +50,27 @@ def split_mux_magics(code: str, world_size: int) -> MuxMagics:
     Raises RankSetError for a bad rank list, so the cell fails saying what was wrong.
     """
     shown: tuple[int, ...] | None = None
-    used = False
+    debug: int | None = None
+    named: list[str] = []
     pos = 0
     while True:
         match = _LINE.match(code, pos)
         if match is None or match.end() == pos:
             break
-        used = True
+        magic = match.group("magic")
+        named.append(magic)
         spec = (match.group("spec") or "").strip()
-        if spec:
+        if spec and magic == "rank_output":
             shown = parse_rank_set(spec, world_size)
+        elif spec:
+            ranks = parse_rank_set(spec, world_size)
+            if len(ranks) != 1:
+                raise RankSetError(f"%debug_rank takes one rank, got {spec!r}")
+            debug = ranks[0]
         pos = match.end()
-    if not used:
+    if not named:
         return MuxMagics(code)
-    return MuxMagics(code[pos:], shown, True)
+    return MuxMagics(code[pos:], shown, True, debug, tuple(named))
 
 
 def describe_shown(shown: set[int] | tuple[int, ...]) -> str:

@@ -1,7 +1,8 @@
 """Rank iopub output to frontend iopub messages, each under the request that caused it.
 
 Outputs go through the ``OutputMerger`` (rank labels, partial lines, live
-progress, identical results once); comm messages and debug events pass as
+progress, identical results once), or into the ipywidgets Output widget that
+captures them (``OutputCapture``); comm messages and debug events pass as
 they are, with the rank message's metadata and buffers (ipywidgets checks a
 comm's protocol version there). Output of a request that is already idle is
 never shown (never in another cell, never after the idle), except what carries
@@ -19,6 +20,7 @@ from .drops import DropDetector
 from .effects import Effect, Log, Publish
 from .events import RankMessage
 from .output.merger import Out, OutputMerger
+from .output_capture import OutputCapture, StateUpdate, SyncToRank
 from .policy import LATE_TYPES, OUTPUT_TYPES, PASSED_TYPES
 from .request import FinishedEntry, Request
 
@@ -29,14 +31,17 @@ _COMM_REQUESTS = frozenset({"comm_open", "comm_msg", "comm_close"})
 
 
 class OutputRouter:
-    def __init__(self, prefixes: dict[int, str], shown_ranks: set[int],
-                 frontend_id: Callable[[str], str | None]) -> None:
+    def __init__(self, prefixes: dict[int, str], shown_ranks: set[int], window: float = 0.1,
+                 group_prefix: Callable[[list[int]], str] | None = None) -> None:
         from .comms import CommRouter
 
-        self.merger = OutputMerger(prefixes, shown_ranks)
+        self.merger = OutputMerger(prefixes, shown_ranks, window=window,
+                                   group_prefix=group_prefix)
         self.comms = CommRouter()
+        self.capture = OutputCapture()
         self.drops = DropDetector()
-        self._frontend_id = frontend_id
+        #: widget states to send to ranks (rank, content, metadata); the core sends them
+        self.to_ranks: list[SyncToRank] = []
         self._headers: OrderedDict[str, Json] = OrderedDict()
         self._late_logged: OrderedDict[str, None] = OrderedDict()
 
@@ -59,14 +64,19 @@ class OutputRouter:
         return self._publish(self.merger.finish(req.msg_id, now))
 
     def tick(self, now: float) -> list[Effect]:
-        return self._publish(self.merger.tick(now))
+        self.capture.tick(now)
+        return self._publish(self.merger.tick(now)) + self._captured()
 
     def next_deadline(self) -> float | None:
-        return self.merger.next_deadline()
+        times = [t for t in (self.merger.next_deadline(), self.capture.next_deadline())
+                 if t is not None]
+        return min(times) if times else None
 
     def ranks_replaced(self) -> None:
         self.comms.clear()
+        self.capture.clear()
         self.drops.clear()
+        self.to_ranks.clear()
 
     # -- rank output -------------------------------------------------------------------
     def route(self, m: RankMessage, target: Request | FinishedEntry | None,
@@ -74,22 +84,29 @@ class OutputRouter:
         """One rank iopub message (not a status) under ``target``: its request, live or
         finished, or None when no request of ours caused it."""
         t = str(m.header.get("msg_type", ""))
+        key = (target.msg_id if isinstance(target, Request)
+               else target.frontend_msg_id if target is not None else "")
+        if target is not None and not isinstance(target, Request):
+            self._headers.setdefault(key, target.header)
+        if t in OUTPUT_TYPES and self.capture.capture(
+                m.rank, str(m.parent_header.get("msg_id", "")), t, m.content, key, now):
+            return self._captured()  # an Output widget of the rank shows it
         if isinstance(target, Request):
-            key, count = target.msg_id, target.execution_count
+            count = target.execution_count
         elif target is not None:
             if t not in LATE_TYPES and target.msg_type not in _COMM_REQUESTS:
                 return self._drop_late(m.rank, t, target.frontend_msg_id)
-            key, count = target.frontend_msg_id, 0
-            self._headers.setdefault(key, target.header)
+            count = 0
         else:
             if t not in PASSED_TYPES:
                 return [Log("debug", f"rank {m.rank}: {t} of no request dropped")]
-            key, count = "", 0
+            count = 0
         if t in PASSED_TYPES:
-            content = self._comm(m, t)
+            content = self._comm(m, t, key, now)
             if content is None:
-                return []
-            return self._publish([Out(key, t, content, m.metadata, m.buffers)])
+                return self._captured()
+            return self._captured() + self._publish([Out(key, t, content, m.metadata,
+                                                         m.buffers)])
         if t not in OUTPUT_TYPES:
             return [Log("debug", f"rank {m.rank}: {t} on iopub ignored")]
         content = m.content
@@ -114,7 +131,7 @@ class OutputRouter:
         return effects
 
     # -- internals ---------------------------------------------------------------------
-    def _comm(self, m: RankMessage, t: str) -> Json | None:
+    def _comm(self, m: RankMessage, t: str, key: str, now: float) -> Json | None:
         """Comm bookkeeping; None: this rank's message must not reach the frontend."""
         content = m.content
         comm_id = str(content.get("comm_id", ""))
@@ -125,23 +142,21 @@ class OutputRouter:
                 return None
             if t == "comm_close":
                 self.comms.closed(comm_id)
-        return self._translate_output_widget(content)
+        if t.startswith("comm_"):
+            return self.capture.comm_from_rank(m.rank, t, content, m.metadata, key, now)
+        return content
 
-    def _translate_output_widget(self, content: Json) -> Json:
-        """An Output widget (``interact`` uses one) captures the output of the request
-        whose msg_id is in its state; the frontend knows our msg_ids, not the rank's."""
-        data = content.get("data")
-        state = data.get("state") if isinstance(data, dict) else None
-        if not isinstance(state, dict):
-            return content
-        rank_id = state.get("msg_id")
-        if not isinstance(rank_id, str) or not rank_id:
-            return content
-        frontend_id = self._frontend_id(rank_id)
-        if frontend_id is None:
-            return content
-        assert isinstance(data, dict)
-        return {**content, "data": {**data, "state": {**state, "msg_id": frontend_id}}}
+    def _captured(self) -> list[Effect]:
+        """What the Output widgets' capturing produced: state updates for the frontend; the
+        syncs to the ranks wait in ``to_ranks`` for the core."""
+        effects: list[Effect] = []
+        for item in self.capture.take():
+            if isinstance(item, StateUpdate):
+                effects.append(Publish("comm_msg", item.content,
+                                       self._headers.get(item.parent, {}), item.metadata))
+            else:
+                self.to_ranks.append(item)
+        return effects
 
     def _drop_late(self, rank: int, msg_type: str, request_id: str) -> list[Effect]:
         """Output of a finished cell (a background thread of it): logged once per cell."""

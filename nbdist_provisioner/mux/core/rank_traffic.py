@@ -85,6 +85,7 @@ class RankTraffic(CoreState):
             return
         target = entry[0] if entry else self.book.finished_entry(parent_id)
         self._fx.extend(self.out.route(m, target, self._now))
+        self._after_rank_output(m)
 
     def _show_input(self, item: PendingInput | None) -> None:
         while item is not None:

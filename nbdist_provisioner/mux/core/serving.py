@@ -14,8 +14,8 @@ from typing import Any
 from ...protocol import EXECUTION_COUNT_KEY
 from ...rankset import RankSetError
 from . import faults
-from .effects import SendToRank
-from .events import FrontendMessage
+from .effects import ReadHistory, SendToRank
+from .events import FrontendMessage, HistoryRead
 from .kernel_info import kernel_info_content
 from .lifecycle import Phase
 from .magics import describe_shown, split_mux_magics, split_rank_magic
@@ -24,6 +24,13 @@ from .request import Request, error_content, merge_execute_reply, merge_reply
 from .state import CoreState
 
 Json = dict[str, Any]
+
+
+def _history_tail(req: Request) -> bool:
+    """A history request the database answers as the rank would (the tail, no outputs)."""
+    c = req.content
+    return (req.msg_type == "history_request" and c.get("hist_access_type") == "tail"
+            and not c.get("output") and isinstance(c.get("n", 1000), int))
 
 
 class Serving(CoreState):
@@ -93,10 +100,29 @@ class Serving(CoreState):
         self._status("busy", req.header)
         if req.policy.route is Route.MUX:
             self._answer_here(req)
+        elif self.life.phase is Phase.STARTING and _history_tail(req):
+            # jupyter console asks for history right after kernel_info (which is answered
+            # at once) and gives up after 1 s: read it from the database, not the ranks
+            self._history_reads[req.msg_id] = req
+            self._fx.append(ReadHistory(req.msg_id, int(req.content.get("n") or 1000),
+                                        bool(req.content.get("raw", True))))
         elif self.life.phase is Phase.STARTING:
             self._waiting.append(req)
         elif self.life.phase is Phase.READY or req.msg_type == "execute_request":
             self._dispatch(req)  # (an execute that cannot run still counts, then fails)
+        else:
+            self._fail(req, *self._unavailable())
+
+    def _on_history_read(self, ev: HistoryRead) -> None:
+        req = self._history_reads.pop(ev.request_id, None)
+        if req is None:
+            return
+        if ev.history is not None:
+            self._done(req, {"status": "ok", "history": [list(h) for h in ev.history]})
+        elif self.life.phase is Phase.STARTING:
+            self._waiting.append(req)
+        elif self.life.phase is Phase.READY:
+            self._dispatch(req)
         else:
             self._fail(req, *self._unavailable())
 
@@ -111,7 +137,8 @@ class Serving(CoreState):
         if t == "kernel_info_request":
             primary = self.rank_infos.get(self.config.primary_rank)
             language = (primary.kernel_info.get("language_info") if primary else None)
-            self._done(req, kernel_info_content(self.config.nproc, language))
+            self._done(req, kernel_info_content(self.config.nproc, language,
+                                                primary.kernel_info if primary else None))
         elif t == "connect_request":
             self._done(req, {"status": "ok", **{f"{name}_port": port
                                                 for name, port in self.config.ports}})
@@ -130,8 +157,10 @@ class Serving(CoreState):
             return
         route = req.policy.route
         content = req.content
-        if route is Route.PRIMARY or route is Route.DEBUG:
-            targets: tuple[int, ...] = (self.config.primary_rank,)
+        if route is Route.DEBUG:
+            targets: tuple[int, ...] = (self.debugging.rank_for(content),)
+        elif route is Route.PRIMARY:
+            targets = (self.config.primary_rank,)
         elif route is Route.COMM:
             targets = self.out.comms.targets(str(content.get("comm_id", "")), self.ranks)
         else:
@@ -220,11 +249,15 @@ class Serving(CoreState):
             return
         if magics.shown is not None:
             self.out.merger.shown_ranks = set(magics.shown)
+        if magics.debug is not None:
+            self.debugging.choose(magics.debug)
         if magics.used and not code.strip():
             if not req.silent:
-                self._publish("stream", {"name": "stdout",
-                                         "text": describe_shown(self.out.merger.shown_ranks)},
-                              req)
+                said = "".join(
+                    self.debugging.describe() if name == "debug_rank"
+                    else describe_shown(self.out.merger.shown_ranks)
+                    for name in dict.fromkeys(magics.named))
+                self._publish("stream", {"name": "stdout", "text": said}, req)
             self._done(req, {"status": "ok", "execution_count": req.execution_count,
                              "user_expressions": {}, "payload": []})
             return

@@ -12,9 +12,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ...rankset import format_ranks
 from .book import RequestBook
-from .effects import Effect, Log, Publish, Reply
-from .events import FrontendMessage, RankInfo
+from .debugging import Debugging
+from .effects import Effect, Log, Publish, Reply, SendToRank
+from .events import FrontendMessage, RankInfo, RankMessage
 from .inputs import InputRouter, PendingInput
 from .lifecycle import RankLifecycle
 from .output_router import OutputRouter
@@ -33,6 +35,10 @@ class CoreConfig:
     primary_rank: int = 0
     stream_prefix: str = "[rank {rank}] "
     output_ranks: tuple[int, ...] | None = None
+    #: seconds output is held to show what several ranks print identically once
+    merge_window: float = 0.1
+    #: the rank the debugger debugs; -1: the primary rank
+    debug_rank: int = -1
     collective_timeout: float = 300.0
     #: end collectives that cannot complete and make the process group again
     fail_fast: bool = True
@@ -50,8 +56,10 @@ class CoreState:
         self.book = RequestBook(config.nproc)
         self.prefixes = {r: self._prefix(r, r, "") for r in self.ranks}
         shown = set(config.output_ranks) if config.output_ranks is not None else set(self.ranks)
-        self.out = OutputRouter(self.prefixes, shown, self._frontend_id)
+        self.out = OutputRouter(self.prefixes, shown, config.merge_window, self._group_prefix)
         self.inputs = InputRouter()
+        self.debugging = Debugging(config.debug_rank if config.debug_rank >= 0
+                                   else config.primary_rank)
         self.subshells = SubshellMap()
         self.execution_count = 0
         #: process groups made again by fail-fast (each gets a generation never used before)
@@ -61,6 +69,8 @@ class CoreState:
         self._active: dict[str, Request | None] = {"": None}
         #: served requests waiting for ranks to be ready
         self._waiting: list[Request] = []
+        #: history requests answered from the database while the ranks start
+        self._history_reads: dict[str, Request] = {}
         self._notes: list[str] = []
         self._shutdowns: list[Request] = []
         self._id_prefix = id_prefix
@@ -128,6 +138,19 @@ class CoreState:
         finished = self.book.finished_entry(rank_msg_id)
         return finished.frontend_msg_id if finished else None
 
+    def _group_prefix(self, ranks: list[int]) -> str:
+        """The label of a line several ranks printed identically: ``[ranks 0-3] `` for the
+        default template, the template with the ranks for another, nothing when off."""
+        template = self.config.stream_prefix
+        if not template:
+            return ""
+        spec = format_ranks(ranks)
+        if "rank {rank}" in template:
+            template = template.replace("rank {rank}", "ranks {rank}")
+        hosts = {self.rank_infos[r].host for r in ranks if r in self.rank_infos}
+        return template.format(rank=spec, local_rank=spec, world_size=self.config.nproc,
+                               host=hosts.pop() if len(hosts) == 1 else "*")
+
     def _prefix(self, rank: int, local_rank: int, host: str) -> str:
         return self.config.stream_prefix.format(rank=rank, local_rank=local_rank,
                                                 host=host or "localhost",
@@ -153,4 +176,25 @@ class CoreState:
 
     def _log(self, level: str, text: str) -> None:
         self._fx.append(Log(level, text))
+
+    def _after_rank_output(self, m: RankMessage) -> None:
+        """After a rank's iopub message went its way: Output widget states the ranks must
+        learn, and a word in the cell when the debugged rank stops at a breakpoint."""
+        if (m.header.get("msg_type") == "debug_event" and m.content.get("event") == "stopped"
+                and m.rank == self.debugging.rank):
+            for req in self.book.open:
+                if req.msg_type == "execute_request" and m.rank in req.targets:
+                    self._notice(req, self.debugging.stopped_notice(
+                        m.content.get("body") or {}, len(req.targets)))
+        self._sync_widgets()
+
+    def _sync_widgets(self) -> None:
+        """Output widget states the ranks must learn (what their widgets captured, as a
+        frontend would sync it back): sent as comm messages nobody waits on."""
+        for sync in self.out.to_ranks:
+            msg_id = self._new_id()
+            self.book.internal(msg_id, "output widget state")
+            self._fx.append(SendToRank(self.life.generation, sync.rank, "shell", "comm_msg",
+                                       msg_id, sync.content, sync.metadata))
+        self.out.to_ranks.clear()
 

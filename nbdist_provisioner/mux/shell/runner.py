@@ -29,6 +29,7 @@ from ..core.effects import (
     Exit,
     Log,
     Publish,
+    ReadHistory,
     Reply,
     SendToRank,
     StartRanks,
@@ -37,6 +38,7 @@ from ..core.effects import (
 from ..core.events import (
     Event,
     FrontendMessage,
+    HistoryRead,
     InterruptSignal,
     RanksFailed,
     RanksReady,
@@ -46,6 +48,7 @@ from ..core.events import (
 )
 from ..core.kernel import CoreConfig, KernelCore
 from .frontend import FrontendChannels
+from .history import history_database, read_tail
 from .publisher import Publisher
 from .rank_pool import RankPool, RankStartError
 
@@ -81,7 +84,7 @@ class Multiplexer:
             stream_prefix=settings.stream_prefix,
             output_ranks=parse_rank_set(settings.output_ranks, settings.nproc),
             collective_timeout=settings.collective_timeout, fail_fast=settings.fail_fast,
-            ports=ports,
+            ports=ports, merge_window=settings.merge_window, debug_rank=settings.debug_rank,
         ), id_prefix=uuid.uuid4().hex[:12])
         self.pools: dict[int, RankPool] = {}
         self._starts: dict[int, asyncio.Task[None]] = {}
@@ -133,6 +136,8 @@ class Multiplexer:
             elif isinstance(effect, StopRanks):
                 self._stops.append(self._spawn(self._stop(effect.generation,
                                                           effect.graceful)))
+            elif isinstance(effect, ReadHistory):
+                self._spawn(self._read_history(effect))
             elif isinstance(effect, Exit):
                 self.exit_status = effect.status
                 self._done.set()
@@ -183,6 +188,11 @@ class Multiplexer:
             log.exception("stopping ranks of generation %d failed", generation)
         if report:
             self.feed(RanksStopped(generation))
+
+    async def _read_history(self, e: ReadHistory) -> None:
+        path = history_database(self.shared_env)
+        history = await self.loop.run_in_executor(None, read_tail, path, e.n, e.raw)
+        self.feed(HistoryRead(e.request_id, history))
 
     async def _watch_parent(self) -> None:
         """Stop everything if the process that owns us (server, nbclient) is gone: the
