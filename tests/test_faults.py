@@ -56,6 +56,16 @@ def specs(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             else:
                 open(marker, "w").close()
         """))
+    # rank 1 of the first start only fails (a clash with another process, say)
+    flaky = tmp_path_factory.mktemp("fails-first-start")
+    (flaky / "sitecustomize.py").write_text(textwrap.dedent(f"""\
+        import os, sys
+        marker = {str(flaky / "failed-once")!r}
+        if os.environ.get("RANK") == "1" and not os.path.exists(marker):
+            open(marker, "w").close()
+            print("rank 1: address in use (nbdist test)", file=sys.stderr, flush=True)
+            os._exit(3)
+        """))
     return {
         "torch": install_spec(kernel_prefix, "nbdist-fault-torch", 2, backend="gloo"),
         "ct5": install_spec(kernel_prefix, "nbdist-fault-ct5", 2, backend="gloo",
@@ -67,6 +77,9 @@ def specs(kernel_prefix: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         "start_timeout": install_spec(kernel_prefix, "nbdist-fault-timeout", 2,
                                       init_process_group=False, start_timeout=5,
                                       fork_server=False, env={"PYTHONPATH": str(stuck)}),
+        "fails_first_start": install_spec(kernel_prefix, "nbdist-fault-flaky", 2,
+                                          init_process_group=False, fork_server=False,
+                                          env={"PYTHONPATH": str(flaky)}),
         "dies_at_start": install_spec(kernel_prefix, "nbdist-fault-dies", 2,
                                       init_process_group=False, fork_server=False,
                                       env={"PYTHONPATH": str(dies)}),
@@ -351,6 +364,21 @@ def test_a_rank_that_cannot_import_fails_the_first_cell_with_its_stderr(start_ke
     # the ranks are gone; the multiplexer (and its agent) stay to report the failure
     alone = sorted([k.mux_pid, k.agent_pid])
     assert wait_for(lambda: sorted(k.pids()) == alone, 10, "the ranks to be gone")
+
+
+def test_a_start_in_which_a_rank_died_is_tried_once_more_with_the_cause_logged(
+        start_kernel, specs, tmp_path):
+    log = tmp_path / "kernel.log"
+    with log.open("wb") as stderr:
+        k = start_kernel(specs["fails_first_start"], stderr=stderr)
+        run = run_cell(k.kc, "print(rank)", timeout=120)
+    assert run.status == "ok", run.reply["content"]
+    assert sorted(run.stream_text().splitlines()) == ["[rank 0] 0", "[rank 1] 1"]
+    text = log.read_text()
+    retried = [line for line in text.splitlines() if "trying once more" in line]
+    assert len(retried) == 1, text
+    assert "exit code 3" in retried[0] or "exit code 3" in text, text
+    assert "rank 1: address in use (nbdist test)" in text, text
 
 
 def test_start_timeout_fails_the_first_cell_naming_the_stuck_rank(start_kernel, specs):

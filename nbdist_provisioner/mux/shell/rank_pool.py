@@ -36,6 +36,11 @@ SHUTDOWN_GRACE = 3.0
 class RankStartError(RuntimeError):
     """A rank could not start; the message carries its exit status and stderr."""
 
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        #: the ranks did not come up within start_timeout (rather than: one died)
+        self.timed_out = timed_out
+
 
 @dataclass
 class RankState:
@@ -140,7 +145,7 @@ class RankPool:
                                for r, tail in zip(waiting, tails, strict=False))
             raise RankStartError(
                 f"ranks {waiting} did not become ready within start_timeout="
-                f"{s.start_timeout:g}s. {detail}") from None
+                f"{s.start_timeout:g}s. {detail}", timed_out=True) from None
         finally:
             pull.close(linger=0)
 

@@ -160,10 +160,7 @@ class Multiplexer:
                 await asyncio.shield(stop)
             for old in [g for g in self.pools if g != generation]:
                 await self._stop(old, graceful=False, report=False)
-            pool = RankPool(self.settings, self.launcher, self.ctx, generation, self.rundir,
-                            self.shared_env, self.feed, self.feed)
-            self.pools[generation] = pool
-            await pool.start()
+            pool = await self._start_pool(generation)
         except asyncio.CancelledError:
             return  # stopped while starting
         except RankStartError as err:
@@ -175,6 +172,24 @@ class Multiplexer:
             return
         log.info("%d ranks of generation %d ready", self.settings.nproc, generation)
         self.feed(RanksReady(generation, pool.infos()))
+
+    async def _start_pool(self, generation: int) -> RankPool:
+        """Start the ranks; a start in which a rank died (a clash with another process on
+        the machine, say) is tried once more, with the first cause in the log. A start
+        that ran out of time is not: that would only double the wait."""
+        for attempt in (1, 2):
+            pool = RankPool(self.settings, self.launcher, self.ctx, generation, self.rundir,
+                            self.shared_env, self.feed, self.feed)
+            self.pools[generation] = pool
+            try:
+                await pool.start()
+                return pool
+            except RankStartError as err:
+                if attempt == 2 or err.timed_out:
+                    raise
+                log.warning("starting the ranks failed, trying once more: %s", err)
+                await pool.stop(graceful=False)
+        raise AssertionError("unreachable")
 
     async def _stop(self, generation: int, graceful: bool, report: bool = True) -> None:
         start = self._starts.pop(generation, None)
