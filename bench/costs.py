@@ -33,6 +33,8 @@ import psutil
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from nbdist_provisioner.rankset import parse_rank_set
+
 REPO = Path(__file__).resolve().parent.parent
 PLAIN = "costs-plain"
 
@@ -178,9 +180,11 @@ def measure_flood(specs: Specs, name: str, nproc: int, lines: int) -> dict[str, 
                 first.append(time.perf_counter() - sent)
             sizes.append(len(json.dumps(msg["content"]).encode()))
             for line in text.splitlines():
-                if line.startswith("[rank "):
-                    rank, _, value = line[6:].partition("] ")
-                    got[int(rank)].append(int(value))
+                # "[rank 3] 17", or "[ranks 0-63] 17" for a line several ranks printed
+                label, _, value = line.partition("] ")
+                who = label.removeprefix("[ranks ").removeprefix("[rank ")
+                for rank in parse_rank_set(who, nproc):
+                    got[rank].append(int(value))
 
         k.run(f"for i in range({lines}):\n    print(i)", on_stream)
         took = time.perf_counter() - sent

@@ -136,7 +136,7 @@ def watch_process(pid: int, on_death: Callable[[], None], name: str) -> bool:
         else:
             import time
 
-            while _alive(pid):
+            while alive(pid):
                 time.sleep(0.1)
         on_death()
 
@@ -144,11 +144,18 @@ def watch_process(pid: int, on_death: Callable[[], None], name: str) -> bool:
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rfind(b")") + 2:][:1] != b"Z"
+    except OSError:
         return True
     return True

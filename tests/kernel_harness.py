@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -115,3 +116,34 @@ def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).kill()
+
+
+RANK_LABEL = re.compile(r"^\[rank (\d+)\] (.*)$")
+RANKS_LABEL = re.compile(r"^\[ranks ([\d,-]+)\] (.*)$")
+
+
+def labelled(line: str) -> tuple[list[int], str] | None:
+    """(ranks, text) of a labelled line: one rank's, or several ranks' identical line."""
+    m = RANK_LABEL.match(line)
+    if m:
+        return [int(m.group(1))], m.group(2)
+    m = RANKS_LABEL.match(line)
+    if not m:
+        return None
+    ranks: list[int] = []
+    for part in m.group(1).split(","):
+        a, _, b = part.partition("-")
+        ranks += range(int(a), int(b or a) + 1)
+    return ranks, m.group(2)
+
+
+def by_rank(text: str) -> dict[int, list[str]]:
+    """Lines of merged stream text, grouped by the rank in their ``[rank R] `` prefix (a line
+    labelled ``[ranks 0-3] `` counts for each of them)."""
+    out: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        got = labelled(line)
+        assert got, f"unlabelled line {line!r} in {text!r}"
+        for rank in got[0]:
+            out.setdefault(rank, []).append(got[1])
+    return out

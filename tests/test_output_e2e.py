@@ -19,26 +19,15 @@ from hypothesis import strategies as st
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
-from kernel_harness import CellRun, collect_until_idle, iopub_until, run_cell
-
-_PREFIX = re.compile(r"^\[rank (\d+)\] (.*)$")
-#: a line several ranks printed identically, shown once: ``[ranks 0-2,5] text``
-_GROUP = re.compile(r"^\[ranks ([\d,-]+)\] (.*)$")
-
-
-def labelled(line: str) -> tuple[list[int], str] | None:
-    """(ranks, text) of a labelled line: one rank's, or several ranks' identical line."""
-    m = _PREFIX.match(line)
-    if m:
-        return [int(m.group(1))], m.group(2)
-    m = _GROUP.match(line)
-    if not m:
-        return None
-    ranks: list[int] = []
-    for part in m.group(1).split(","):
-        a, _, b = part.partition("-")
-        ranks += range(int(a), int(b or a) + 1)
-    return ranks, m.group(2)
+from kernel_harness import (
+    RANK_LABEL,
+    CellRun,
+    by_rank,
+    collect_until_idle,
+    iopub_until,
+    labelled,
+    run_cell,
+)
 
 TQDM_CELL = """\
 from tqdm import tqdm
@@ -54,18 +43,6 @@ for i in tqdm(range(40), desc=f"rank{rank}", ncols=70, mininterval=0):
 def k4(start_module_kernel):
     """One 4-rank kernel shared by the tests of this module that need no special settings."""
     return start_module_kernel("nbdist-test-4")
-
-
-def by_rank(text: str) -> dict[int, list[str]]:
-    """Lines of merged stream text, grouped by the rank in their ``[rank R] `` prefix (a line
-    labelled ``[ranks 0-3] `` counts for each of them)."""
-    out: dict[int, list[str]] = {}
-    for line in text.splitlines():
-        got = labelled(line)
-        assert got, f"unlabelled line {line!r} in {text!r}"
-        for rank in got[0]:
-            out.setdefault(rank, []).append(got[1])
-    return out
 
 
 def wait_for_stream(kc: Any, msg_id: str, done: Any, timeout: float = 60) -> str:
@@ -193,7 +170,7 @@ def _assert_tqdm_run(run: CellRun) -> None:
     for m in shows:
         assert m["content"]["metadata"]["nbdist"]["progress"] is True
         for line in m["content"]["data"]["text/plain"].splitlines():
-            rank, text = _PREFIX.match(line).groups()
+            rank, text = RANK_LABEL.match(line).groups()
             # a bar line carries only its own rank's bar
             assert text.startswith(f"rank{rank}: ") and "\r" not in text, line
             assert "checkpoint" not in text

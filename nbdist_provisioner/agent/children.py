@@ -101,6 +101,22 @@ def _pidfd(pid: int) -> int:
         return -1
 
 
+def _become_child(stdout: int, stderr: int, keep: dict[int, int] | None = None) -> None:
+    """In a forked child: a session of its own, stdin from /dev/null, the given stdout and
+    stderr, fds ``keep`` (target: source) in place, every other fd of the agent closed
+    (its pipes are not the child's), default signal handling."""
+    os.setsid()
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    for target, source in (keep or {}).items():
+        os.dup2(source, target)
+    os.closerange(max([2, *(keep or {})]) + 1, _max_fd())
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def fork_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
     """Fork a rank from this (preloaded, single-threaded) process."""
     from nbdist_provisioner.rank.config import RankConfig
@@ -111,15 +127,8 @@ def fork_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
     if pid == 0:  # the rank
         code = 1
         try:
-            os.setsid()
             devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(devnull, 1)
-            os.dup2(write_end, 2)
-            os.closerange(3, _max_fd())  # the agent's pipes are not the rank's
-            signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-                signal.signal(signum, signal.SIG_DFL)
+            _become_child(stdout=devnull, stderr=write_end)
             os.environ.clear()
             os.environ.update(env)
             _fresh_randomness()
@@ -150,18 +159,9 @@ def fork_store(listener: int, host: str, port: int, world_size: int,
     if pid == 0:  # the store
         code = 1
         try:
-            os.setsid()
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
             from .store import STORE_FD, serve
 
-            os.dup2(listener, STORE_FD)
-            os.closerange(STORE_FD + 1, _max_fd())
-            signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-                signal.signal(signum, signal.SIG_DFL)
+            _become_child(stdout=write_end, stderr=write_end, keep={STORE_FD: listener})
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
                                                       signal.SIGHUP})
             proctree.set_name("nbdist-store")

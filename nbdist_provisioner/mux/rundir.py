@@ -14,6 +14,8 @@ import shutil
 import tempfile
 import time
 
+from .. import proctree
+
 PREFIX = "nbdist-"
 _OURS = re.compile(r"^nbdist-(\d+)-")
 #: Directories of the earlier naming (nbdist-ranks-*) are removed once this old.
@@ -42,7 +44,7 @@ def remove_stale(base: str | None = None) -> list[str]:
                     continue
                 match = _OURS.match(entry.name)
                 if match:
-                    if _alive(int(match.group(1))):
+                    if proctree.alive(int(match.group(1))):
                         continue
                 elif not (entry.name.startswith(f"{PREFIX}ranks-")
                           and time.time() - entry.stat().st_mtime > _LEGACY_AGE):
@@ -50,19 +52,3 @@ def remove_stale(base: str | None = None) -> list[str]:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, dead but not yet reaped by its parent, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rfind(b")") + 2:][:1] != b"Z"
-    except OSError:
-        return True

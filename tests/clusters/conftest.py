@@ -83,9 +83,11 @@ class Site:
                                        self.launcher, nproc, **{**self.settings, **settings})
 
 
-#: What every multi-node test kernel shares: loopback, gloo, short heartbeats.
+#: What every multi-node test kernel shares: loopback, gloo, short heartbeats, each rank's
+#: lines labelled with its host and kept apart (merge_window 0: the tests read the labels
+#: of identical lines, which would otherwise come once as "[ranks 0-3]").
 COMMON = {"cluster_address": "127.0.0.1", "backend": "gloo", "start_timeout": 90,
-          "heartbeat_timeout": 4, "stream_prefix": "[{host}:{rank}] "}
+          "heartbeat_timeout": 4, "stream_prefix": "[{host}:{rank}] ", "merge_window": 0}
 
 
 @pytest.fixture(params=["slurm", "mpi"])
