@@ -147,3 +147,27 @@ def by_rank(text: str) -> dict[int, list[str]]:
         for rank in got[0]:
             out.setdefault(rank, []).append(got[1])
     return out
+
+
+def printed_by(text: str, what: str) -> int:
+    """How many ranks printed a line containing ``what``: a ``[ranks 0-3]`` line (several
+    ranks' identical line, shown once) counts for each of its ranks."""
+    count = 0
+    for line in text.splitlines():
+        if what in line:
+            got = labelled(line)
+            count += len(got[0]) if got else 1
+    return count
+
+
+def per_rank_lines(text: str) -> list[str]:
+    """The lines as each rank printed them: a ``[ranks 0-3] x`` line (identical lines of
+    several ranks, shown once) becomes ``[rank 0] x`` … ``[rank 3] x``; other lines stay."""
+    out = []
+    for line in text.splitlines():
+        got = labelled(line)
+        if got and len(got[0]) > 1:
+            out += [f"[rank {r}] {got[1]}" for r in got[0]]
+        else:
+            out.append(line)
+    return out

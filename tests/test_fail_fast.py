@@ -19,7 +19,7 @@ import pytest
 from fault_harness import figure, install_spec
 from rank_clients import ask, close_all, control_reply, control_request, rank_clients
 
-from kernel_harness import collect_until_idle, iopub_until, run_cell
+from kernel_harness import collect_until_idle, iopub_until, printed_by, run_cell
 
 RANKS = (0, 1, 2, 3)
 
@@ -88,8 +88,8 @@ def assert_world_works(kc: Any, world: int, generation: int) -> None:
                        "%dist_status")
     assert run.status == "ok", run.reply["content"]
     text = run.stream_text()
-    assert text.count(f"SUM {float(world)}") == world, text
-    assert text.count(f"process group healthy (gloo, generation {generation})") == world, text
+    assert printed_by(text, f"SUM {float(world)}") == world, text
+    assert printed_by(text, f"process group healthy (gloo, generation {generation})") == world, text
 
 
 def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel,
@@ -147,7 +147,7 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel,
         status = ask(clients[1], "nbdist_pg_status_request")
         assert status["state"] == "aborted" and status["detail"] == "rank 2 failed", status
         run = run_cell(rk.kc, "%dist_status")
-        assert run.stream_text().count("process group aborted: rank 2 failed") == 4
+        assert printed_by(run.stream_text(), "process group aborted: rank 2 failed") == 4
 
         started = time.monotonic()
         joined = reinit_all(clients, 1)
@@ -156,7 +156,7 @@ def test_failed_rank_frees_blocked_ranks_and_the_world_comes_back(start_kernel,
         assert_world_works(rk.kc, 4, 1)
         # variables survive: the ranks were never restarted
         run = run_cell(rk.kc, "print('T', t.item())")
-        assert run.stream_text().count("T 4.0") == 4
+        assert printed_by(run.stream_text(), "T 4.0") == 4
     finally:
         close_all(clients)
 
@@ -202,7 +202,7 @@ def test_status_tells_a_timed_out_group_is_broken(start_kernel, spec_short_timeo
         assert run.status == "error" and run.reply["content"]["nbdist"]["failed_ranks"] == [1]
         status = run_cell(rk.kc, "%dist_status").stream_text()
         assert "process group broken (gloo, generation 0): a collective failed" in status
-        assert status.count("process group healthy") == 1, status  # rank 0 saw nothing wrong
+        assert printed_by(status, "process group healthy") == 1, status  # rank 0 saw nothing wrong
         assert ask(clients[1], "nbdist_pg_status_request")["state"] == "broken"
         joined = reinit_all(clients, 7)
         assert all(j["status"] == "ok" for j in joined.values()), joined
@@ -309,6 +309,6 @@ def test_ddp_training_step_of_a_failed_peer(start_kernel, kernel_prefix: Path) -
         # a DDP model made in the new world trains again
         run = run_cell(rk.kc, "model = nn.parallel.DistributedDataParallel(nn.Linear(8, 1))\n"
                               "model(x).sum().backward()\nprint('STEP OK')")
-        assert run.stream_text().count("STEP OK") == 2, run.reply["content"]
+        assert printed_by(run.stream_text(), "STEP OK") == 2, run.reply["content"]
     finally:
         close_all(clients)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jupyter_client.session import Session
 
-from kernel_harness import collect_until_idle, run_cell
+from kernel_harness import collect_until_idle, printed_by, run_cell
 
 CHANNELS = ("shell", "control", "stdin")
 #: Examples (one message each); about 10 s of CI time.
@@ -110,9 +110,9 @@ def assert_still_serving(k, wire: Wire, log: Path) -> None:
         answered = collect_until_idle(k.kc, msg_id, timeout=60)
     except TimeoutError as err:
         raise AssertionError(f"{err}\nmux log tail:\n{log.read_text()[-4000:]}") from None
-    assert run.status == "ok" and run.stream_text().count("still here") == 2
-    assert "".join(m["content"]["text"] for m in answered
-                   if m["msg_type"] == "stream").count("yes") == 2
+    assert run.status == "ok" and printed_by(run.stream_text(), "still here") == 2
+    assert printed_by("".join(m["content"]["text"] for m in answered
+                              if m["msg_type"] == "stream"), "yes") == 2
     assert list(wire.markers.iterdir()) == [], "a bad message ran code"
 
 

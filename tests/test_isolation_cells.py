@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kernel_harness import drain_iopub, iopub_until, run_cell
+from kernel_harness import drain_iopub, iopub_until, printed_by, run_cell
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,9 @@ def test_run_all_of_twenty_queued_cells_keeps_every_output_in_its_cell(k4):
         assert text.count(f"cell {i} ") == text.count("cell "), (i, text)
         assert text.count(f"cell {i} line 1 rank") == 4
         if i % 4 == 1:
-            assert text.count(f"cell {i} partial") == 4
+            assert printed_by(text, f"cell {i} partial") == 4
         if i % 5 == 2:
-            assert stream(cell, "stderr").count(f"cell {i} err") == 4
+            assert printed_by(stream(cell, "stderr"), f"cell {i} err") == 4
         if i % 6 == 3:
             assert text.count(f"cell {i} display") == 1  # identical on every rank: once
 
@@ -128,16 +128,16 @@ def test_background_thread_output_never_lands_in_a_later_cell(k4):
     msgs = collect_all(k4.kc, [started, later])
     by_cell = per_cell(msgs, [started, later])
     assert "bg 0" in stream(by_cell[started])  # printed while its own cell ran: shown there
-    assert stream(by_cell[later]).count("later") == 4
+    assert printed_by(stream(by_cell[later]), "later") == 4
     assert "bg" not in stream(by_cell[later])
     # thread pools run the work of the cell that submits it: that output stays
     run = run_cell(k4.kc, "from concurrent.futures import ThreadPoolExecutor\n"
                           "pool = ThreadPoolExecutor(2)\n"
                           "list(pool.map(print, ['pool first']))")
-    assert run.stream_text().count("pool first") == 4
+    assert printed_by(run.stream_text(), "pool first") == 4
     run = run_cell(k4.kc, "list(pool.map(lambda s: print(s), ['pool again']))\nbg.join()")
     text = run.stream_text()
-    assert text.count("pool again") == 4 and "bg " not in text
+    assert printed_by(text, "pool again") == 4 and "bg " not in text
 
 
 def test_interrupt_in_the_middle_of_a_run_all(k4):
@@ -147,7 +147,7 @@ def test_interrupt_in_the_middle_of_a_run_all(k4):
     ids = [k4.kc.execute(code) for code in cells]
     seen, early = "", []
     deadline = time.monotonic() + 60
-    while seen.count("sleeping") < 4:
+    while printed_by(seen, "sleeping") < 4:
         assert time.monotonic() < deadline, seen
         msg = k4.kc.get_iopub_msg(timeout=60)
         early.append(msg)
@@ -161,8 +161,8 @@ def test_interrupt_in_the_middle_of_a_run_all(k4):
     assert [results[i]["status"] for i in ids] == ["ok"] * 3 + ["error"] + ["aborted"] * 5
     assert results[ids[3]]["ename"] == "KeyboardInterrupt"
     for i in range(3):
-        assert stream(by_cell[ids[i]]).count(f"before {i}") == 4
+        assert printed_by(stream(by_cell[ids[i]]), f"before {i}") == 4
     for msg_id in ids[4:]:
         assert [m["msg_type"] for m in by_cell[msg_id]] == ["status", "status"]
     run = run_cell(k4.kc, "print('still here')")
-    assert run.stream_text().count("still here") == 4
+    assert printed_by(run.stream_text(), "still here") == 4

@@ -24,7 +24,7 @@ from fault_harness import figure, install_spec
 from rank_clients import ask, close_all, rank_clients
 from test_fail_fast import abort_all, reinit_all, reply_of, wait_for_error
 
-from kernel_harness import collect_until_idle, run_cell
+from kernel_harness import collect_until_idle, printed_by, run_cell
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
@@ -45,8 +45,8 @@ def nccl_kernel(start_kernel, kernel_prefix: Path):
 def world_works(kc, generation: int) -> None:
     run = run_cell(kc, SUM + "\n%dist_status")
     assert run.status == "ok", run.reply["content"]
-    assert run.stream_text().count("SUM 2.0") == 2, run.stream_text()
-    assert run.stream_text().count(f"healthy (nccl, generation {generation})") == 2
+    assert printed_by(run.stream_text(), "SUM 2.0") == 2, run.stream_text()
+    assert printed_by(run.stream_text(), f"healthy (nccl, generation {generation})") == 2
 
 
 def test_nccl_barrier_of_one_rank_is_freed_by_abort(nccl_kernel) -> None:

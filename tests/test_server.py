@@ -23,7 +23,7 @@ import psutil
 import pytest
 import websocket
 
-from kernel_harness import kill_pids, process_tree, wait_gone
+from kernel_harness import kill_pids, per_rank_lines, process_tree, wait_gone
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "jupyter_server_config.py"
@@ -188,8 +188,9 @@ class Channels:
 
 
 def stream_lines(iopub: list[dict[str, Any]], name: str = "stdout") -> list[str]:
-    return "".join(m["content"]["text"] for m in iopub if m["msg_type"] == "stream"
-                   and m["content"]["name"] == name).splitlines()
+    """Each rank's lines (identical lines shown once as ``[ranks 0-3]`` are read per rank)."""
+    return per_rank_lines("".join(m["content"]["text"] for m in iopub
+                                  if m["msg_type"] == "stream" and m["content"]["name"] == name))
 
 
 def start_kernel(srv: Server, name: str) -> tuple[str, int]:

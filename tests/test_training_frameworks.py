@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_harness import run_cell
+from kernel_harness import printed_by, run_cell
 
 TESTS = Path(__file__).resolve().parent
 RUNS = ("plain_ddp", "lightning_fit", "accelerate_loop")
@@ -63,15 +63,15 @@ def test_end_training_then_dist_init(kernel) -> None:
     assert run.status == "ok", run.reply["content"]
     assert "this cell destroyed the process group; run %dist_init" in run.stream_text("stderr")
     status = run_cell(kernel.kc, "%dist_status").stream_text()
-    assert status.count("process group destroyed") == 2, status
+    assert printed_by(status, "process group destroyed") == 2, status
     run = run_cell(kernel.kc, "%dist_init")
     assert run.status == "ok", run.reply["content"]
-    assert run.stream_text().count("process group initialised: healthy") == 2
+    assert printed_by(run.stream_text(), "process group initialised: healthy") == 2
     run = run_cell(kernel.kc, "print('SUM', Accelerator(cpu=True).reduce("
                               "torch.tensor(1.0), 'sum').item())\n%dist_init")
     assert run.status == "ok", run.reply["content"]
-    assert run.stream_text().count("SUM 2.0") == 2
-    assert run.stream_text().count("already initialised; nothing done") == 2
+    assert printed_by(run.stream_text(), "SUM 2.0") == 2
+    assert printed_by(run.stream_text(), "already initialised; nothing done") == 2
 
 
 NESTED = {
@@ -100,7 +100,8 @@ def test_nested_world_is_refused_at_once(kernel, launcher: str) -> None:
     run = run_cell(kernel.kc, "t = torch.ones(1)\ndist.all_reduce(t)\nprint('SUM', t.item())\n"
                               "import multiprocessing as mp\n"
                               "print('KIDS', len(mp.active_children()))")
-    assert run.stream_text().count("SUM 2.0") == 2 and run.stream_text().count("KIDS 0") == 2
+    assert printed_by(run.stream_text(), "SUM 2.0") == 2
+    assert printed_by(run.stream_text(), "KIDS 0") == 2
 
 
 @pytest.mark.slow
@@ -110,7 +111,7 @@ def test_dataloader_workers_still_work(kernel) -> None:
                               "n = sum(len(b[0]) for b in DataLoader(train_digits.digits(), "
                               "batch_size=100, num_workers=2))\nprint('N', n)")
     assert run.status == "ok", run.reply["content"]
-    assert run.stream_text().count("N 1797") == 2
+    assert printed_by(run.stream_text(), "N 1797") == 2
 
 
 @pytest.mark.slow
@@ -124,7 +125,7 @@ def test_demo_notebook_trains(tmp_path: Path) -> None:
          str(TESTS.parent / "examples" / "train_digits.ipynb"), "--nproc", "2",
          "--output", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("checkpoint loaded, identical to the trained weights: True") == 2
+    assert printed_by(proc.stdout, "checkpoint loaded, identical to the trained weights: True") == 2
     losses = [float(x) for x in re.findall(r"training loss (\d+\.\d+)", proc.stdout)]
     assert len(losses) == 12 and losses[-1] < losses[0] / 5, losses
     last = json.loads(out.read_text())["cells"][-1]["outputs"][-1]
