@@ -77,6 +77,8 @@ def session(k2):
 
 
 def test_kernel_info_advertises_the_debugger(k2):
+    # (once the ranks are up: their kernels say whether they can debug)
+    assert run_cell(k2.kc, "pass").status == "ok"
     msg_id = k2.kc.kernel_info()
     content = reply_to(k2.kc, msg_id)["content"]
     assert content["debugger"] is True and "debugger" in content["supported_features"]

@@ -156,7 +156,7 @@ def test_identical_display_after_a_rank_only_one_is_shown_once(notebook):
     nb = notebook(["from IPython.display import display\n"
                    "if rank == 0:\n"
                    "    display('header')\n"
-                   "display('same')"])
+                   "display('same')"], kernel="nbdist-test-4-window")
     nb.run_and_wait(0)
     text = nb.output_text(0)
     assert text.count("'header'") == 1, text

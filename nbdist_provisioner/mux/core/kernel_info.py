@@ -21,17 +21,11 @@ DEFAULT_LANGUAGE_INFO: dict[str, Any] = {
 
 
 def kernel_info_content(nproc: int, language_info: dict[str, Any] | None,
-                        rank_info: dict[str, Any] | None = None,
-                        debugger_expected: bool = False) -> dict[str, Any]:
+                        rank_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The kernel's kernel_info; ``rank_info`` (the primary rank's own, once it is up) says
-    whether the ranks' kernels can debug: then so can this one (one rank at a time).
-    Before the ranks are up, ``debugger_expected`` answers (a frontend decides on its first
-    kernel_info whether to offer the debugger)."""
-    if rank_info:
-        rank_features = rank_info.get("supported_features") or []
-        debugger = bool(rank_info.get("debugger")) or "debugger" in rank_features
-    else:
-        debugger = debugger_expected
+    whether the ranks' kernels can debug: then so can this one (one rank at a time)."""
+    rank_features = (rank_info or {}).get("supported_features") or []
+    debugger = bool((rank_info or {}).get("debugger")) or "debugger" in rank_features
     return {
         "status": "ok",
         "protocol_version": PROTOCOL_VERSION,

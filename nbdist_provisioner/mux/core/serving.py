@@ -137,9 +137,8 @@ class Serving(CoreState):
         if t == "kernel_info_request":
             primary = self.rank_infos.get(self.config.primary_rank)
             language = (primary.kernel_info.get("language_info") if primary else None)
-            self._done(req, kernel_info_content(
-                self.config.nproc, language, primary.kernel_info if primary else None,
-                debugger_expected=self.config.debugger_expected))
+            self._done(req, kernel_info_content(self.config.nproc, language,
+                                                primary.kernel_info if primary else None))
         elif t == "connect_request":
             self._done(req, {"status": "ok", **{f"{name}_port": port
                                                 for name, port in self.config.ports}})

@@ -44,9 +44,6 @@ class CoreConfig:
     fail_fast: bool = True
     #: the frontend's ports, for connect_request
     ports: tuple[tuple[str, int], ...] = ()
-    #: whether the ranks' kernels can debug, as the shell found before they are up
-    #: (JupyterLab reads it from its first kernel_info); the ranks' own answer wins
-    debugger_expected: bool = False
 
 
 class CoreState:

@@ -9,7 +9,6 @@ starts and stops, exit. Every decision about requests lives in
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import os
@@ -86,7 +85,6 @@ class Multiplexer:
             output_ranks=parse_rank_set(settings.output_ranks, settings.nproc),
             collective_timeout=settings.collective_timeout, fail_fast=settings.fail_fast,
             ports=ports, merge_window=settings.merge_window, debug_rank=settings.debug_rank,
-            debugger_expected=importlib.util.find_spec("debugpy") is not None,
         ), id_prefix=uuid.uuid4().hex[:12])
         self.pools: dict[int, RankPool] = {}
         self._starts: dict[int, asyncio.Task[None]] = {}
