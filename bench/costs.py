@@ -182,6 +182,8 @@ def measure_flood(specs: Specs, name: str, nproc: int, lines: int) -> dict[str, 
             for line in text.splitlines():
                 # "[rank 3] 17", or "[ranks 0-63] 17" for a line several ranks printed
                 label, _, value = line.partition("] ")
+                if not label.startswith("[rank"):
+                    continue  # (not a rank's line: a notice)
                 who = label.removeprefix("[ranks ").removeprefix("[rank ")
                 for rank in parse_rank_set(who, nproc):
                     got[rank].append(int(value))
