@@ -3,7 +3,7 @@
 Every figure is either a number or a ``Failed`` (failed / skipped / n/a) with
 its reason, so one broken subject shows up as text in its cells and never
 stops the run. Ratios are always to the plain-ipykernel baseline measured in
-the same run; the goals table maps the figures onto DESIGN.md's goals.
+the same run; the goals table maps the figures onto the project's goals (README "Benchmark").
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def render(report: Report) -> str:
                    f"received {rss.received}/{rss.expected}) |")
     out.append("")
 
-    out.append("## Goals (DESIGN.md)\n")
+    out.append("## Goals (README \"Benchmark\")\n")
     out.append("| figure | measured | goal | verdict |")
     out.append("|---|---|---|---|")
     for goal in GOALS:
