@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import proctree
@@ -122,20 +123,47 @@ def fork_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
     from nbdist_provisioner.rank.config import RankConfig
 
     config = RankConfig.from_json(config_json)
+
+    def child(stderr: int) -> None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        _become_child(stdout=devnull, stderr=stderr)
+        os.environ.clear()
+        os.environ.update(env)
+        _fresh_randomness()
+        proctree.set_name(f"nbdist-rank-{rank}")
+        from nbdist_provisioner.rank.kernel_main import run
+
+        run(config)
+
+    return _fork(rank, child)
+
+
+def fork_store(listener: int, host: str, port: int, world_size: int,
+               timeout_s: float) -> RankChild:
+    """Fork the rendezvous store's server (see ``store``): it serves on ``listener``, a
+    socket this agent bound and listens on. Supervised like a rank, as rank ``STORE``."""
+
+    def child(output: int) -> None:
+        from .store import STORE_FD, serve
+
+        _become_child(stdout=output, stderr=output, keep={STORE_FD: listener})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
+                                                  signal.SIGHUP})
+        proctree.set_name("nbdist-store")
+        serve(host, port, world_size, timeout_s)
+
+    return _fork(STORE, child)
+
+
+def _fork(rank: int, child: Callable[[int], None]) -> RankChild:
+    """Fork ``child(stderr_fd)`` as rank ``rank``; its stderr comes back through a pipe,
+    and its exit status is what it raised (SystemExit) or 1 after a traceback."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the rank
+    if pid == 0:
         code = 1
         try:
-            devnull = os.open(os.devnull, os.O_RDWR)
-            _become_child(stdout=devnull, stderr=write_end)
-            os.environ.clear()
-            os.environ.update(env)
-            _fresh_randomness()
-            proctree.set_name(f"nbdist-rank-{rank}")
-            from nbdist_provisioner.rank.kernel_main import run
-
-            run(config)
+            child(write_end)
             code = 0
         except SystemExit as err:
             code = err.code if isinstance(err.code, int) else 1
@@ -148,34 +176,6 @@ def fork_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
     os.close(write_end)
     os.set_blocking(read_end, False)
     return RankChild(rank, pid, _pidfd(pid), read_end)
-
-
-def fork_store(listener: int, host: str, port: int, world_size: int,
-               timeout_s: float) -> RankChild:
-    """Fork the rendezvous store's server (see ``store``): it serves on ``listener``, a
-    socket this agent bound and listens on. Supervised like a rank, as rank ``STORE``."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the store
-        code = 1
-        try:
-            from .store import STORE_FD, serve
-
-            _become_child(stdout=write_end, stderr=write_end, keep={STORE_FD: listener})
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
-                                                      signal.SIGHUP})
-            proctree.set_name("nbdist-store")
-            serve(host, port, world_size, timeout_s)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    os.set_blocking(read_end, False)
-    return RankChild(STORE, pid, _pidfd(pid), read_end)
 
 
 def exec_rank(rank: int, env: dict[str, str], config_json: str) -> RankChild:
